@@ -1,0 +1,3 @@
+from reelgen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""One settings class (env prefix ``REELGEN_``), mirrored by ``reelgen serve`` flags.
+
+Built once by the entry point (``cli``) or a test, never at import time. Defaults run the
+embedded mode: SQLite and files in the data directory, one worker per device, tiny profile.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REELGEN_", extra="ignore")
+
+    # where things live
+    data_dir: Path = Field(default=Path("reelgen-data"), description="SQLite file, outputs and secrets")
+    database_url: str | None = Field(default=None, description="default: sqlite in the data dir")
+    # the HTTP server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_base_url: str | None = Field(default=None, description="default: the URL a request came in on")
+    max_body_bytes: int = 8 * 1024 * 1024
+    # models
+    profile: str = "ltx-2-tiny"
+    profiles_file: Path | None = None
+    weights: str | None = None
+    load_format: Literal["auto", "dummy"] = "auto"
+    # execution
+    executor: Literal["local"] = "local"
+    devices: str = "cpu"
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    max_attempts: int = 3
+    max_run_seconds: float = 3600.0
+    shutdown_grace_seconds: float = 30.0
+    # security
+    secret_key: str | None = Field(default=None, description="HMAC pepper for keys and URL signing")
+    download_url_ttl_seconds: int = 3600
+    allow_private_image_hosts: bool = False
+    image_fetch_timeout_seconds: float = 20.0
+    max_image_bytes: int = 20 * 1024 * 1024
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: str) -> str:
+        items = [d.strip() for d in v.split(",") if d.strip()]
+        if not items:
+            raise ValueError("give at least one device, e.g. cpu or cuda:0,cuda:1")
+        for d in items:
+            if d != "cpu" and not (d.startswith("cuda:") and d[5:].isdigit()):
+                raise ValueError(f"unknown device {d!r}: use cpu or cuda:N")
+        return ",".join(items)
+
+    @property
+    def device_list(self) -> list[str]:
+        return self.devices.split(",")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'reelgen.db').resolve()}"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    def resolved_secret(self) -> str:
+        """The configured secret, or one kept in ``data_dir/secret_key`` (created once, mode 600)."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_urlsafe(48))
+            tmp.chmod(0o600)
+            try:
+                tmp.rename(path) if not path.exists() else tmp.unlink()
+            except FileExistsError:  # pragma: no cover - lost a race with another process
+                tmp.unlink(missing_ok=True)
+        return path.read_text().strip()

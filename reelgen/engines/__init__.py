@@ -1,0 +1,1 @@
+"""Generation engines: turn a planned ``Job`` into frames and audio."""

@@ -1,0 +1,258 @@
+"""Wire models of the HTTP API, shared by the server and the SDK (pydantic only: no heavy imports).
+
+``parse_generate`` turns an untrusted ``/generate`` body into a ``GenerateRequest`` or raises a
+``ReelgenError`` with the contract's code (``MISSING_MODEL``, ``INVALID_MODEL``, ``MISSING_PROMPT``,
+``INVALID_INPUT`` with ``details``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from reelgen.errors import ErrorCode, ReelgenError
+
+TEXT_TO_VIDEO = "kling-3-0-text-to-video"
+IMAGE_TO_VIDEO = "kling-3-0-image-to-video"
+MODEL_IDS = (TEXT_TO_VIDEO, IMAGE_TO_VIDEO)
+MAX_PROMPT_CHARS = 2500
+MIN_DURATION, MAX_DURATION = 3, 15
+
+
+class Mode(StrEnum):
+    STANDARD = "standard"
+    PROFESSIONAL = "professional"
+
+
+class AspectRatio(StrEnum):
+    WIDE = "16:9"
+    TALL = "9:16"
+    SQUARE = "1:1"
+
+    @property
+    def ratio(self) -> float:
+        w, h = self.value.split(":")
+        return int(w) / int(h)
+
+
+def _whole_number(value: Any) -> Any:
+    """Accept 5 and 5.0; refuse 5.5, True and "5" (the contract's integer rule)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number of seconds")
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
+class Shot(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: StrictStr = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    duration: WholeNumber = Field(ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
+
+
+class GenerateInput(BaseModel):
+    """The ``input`` object of ``POST /api/v1/generate`` (both models; the model decides which fields apply)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: StrictStr = Field(max_length=MAX_PROMPT_CHARS)
+    duration: WholeNumber = Field(default=5, ge=MIN_DURATION, le=MAX_DURATION)
+    mode: Mode = Mode.STANDARD
+    audio: StrictBool = True
+    aspect_ratio: AspectRatio | None = None
+    image_urls: tuple[StrictStr, ...] | None = None
+    multi_shots: StrictBool = False
+    multi_prompt: tuple[Shot, ...] | None = None
+
+    @field_validator("image_urls")
+    @classmethod
+    def _image_urls(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return v
+        if not 1 <= len(v) <= 2:
+            raise ValueError("give 1 image (start frame) or 2 images (start and end frame)")
+        for url in v:
+            low = url[:16].lower()
+            if not (low.startswith(("http://", "https://")) or low.startswith("data:image/")):
+                raise ValueError("each image must be an http(s) URL or a data:image/...;base64, URI")
+        return v
+
+    @model_validator(mode="after")
+    def _shots(self) -> GenerateInput:
+        if self.multi_shots:
+            if not self.multi_prompt:
+                raise ValueError("multi_prompt is required and non-empty when multi_shots is true")
+            total = sum(s.duration for s in self.multi_prompt)
+            if total != self.duration:
+                raise ValueError(f"shot durations add up to {total} s but duration is {self.duration} s")
+        elif self.multi_prompt:
+            raise ValueError("multi_prompt is only allowed when multi_shots is true")
+        return self
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    input: GenerateInput
+
+    @property
+    def is_image_to_video(self) -> bool:
+        return self.model == IMAGE_TO_VIDEO
+
+
+def _loc(err: Any) -> str:
+    return ".".join(str(p) for p in err["loc"])
+
+
+def parse_generate(body: Any, models: Collection[str] = MODEL_IDS) -> GenerateRequest:
+    """Validate an untrusted ``/generate`` body, raising ``ReelgenError`` with the contract's codes."""
+    if not isinstance(body, dict):
+        raise ReelgenError(ErrorCode.INVALID_JSON, "The request body must be a JSON object.")
+    model = body.get("model")
+    if model is None or model == "":
+        raise ReelgenError(ErrorCode.MISSING_MODEL, "The 'model' field is required.")
+    if not isinstance(model, str) or model not in models:
+        raise ReelgenError(
+            ErrorCode.INVALID_MODEL, f"Unknown model {str(model)[:100]!r}. Available: {', '.join(models)}."
+        )
+    inp = body.get("input")
+    prompt = inp.get("prompt") if isinstance(inp, dict) else None
+    if not isinstance(inp, dict) or prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+        raise ReelgenError(ErrorCode.MISSING_PROMPT, "The 'input.prompt' field is required and must not be blank.")
+    details: list[dict[str, Any]] = [
+        {"field": k, "message": "unknown field"} for k in body if k not in ("model", "input")
+    ]
+    if model == TEXT_TO_VIDEO and "image_urls" in inp:
+        details.append({"field": "input.image_urls", "message": f"not accepted by {TEXT_TO_VIDEO}; use {IMAGE_TO_VIDEO}"})
+    if model == IMAGE_TO_VIDEO:
+        if "aspect_ratio" in inp:
+            details.append(
+                {"field": "input.aspect_ratio", "message": "image-to-video takes the ratio nearest its start frame"}
+            )
+        if not inp.get("image_urls"):
+            details.append({"field": "input.image_urls", "message": "1 or 2 images are required"})
+    parsed: GenerateInput | None = None
+    try:
+        parsed = GenerateInput.model_validate(inp)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            details.append({"field": "input" + ("." + _loc(err) if err["loc"] else ""), "message": msg})
+    if details or parsed is None:
+        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"Invalid input: {summary}", details=details)
+    if model == TEXT_TO_VIDEO and parsed.aspect_ratio is None:
+        parsed = parsed.model_copy(update={"aspect_ratio": AspectRatio.WIDE})
+    return GenerateRequest(model=model, input=parsed)
+
+
+# --------------------------------------------------------------------------------------------
+# Responses (camelCase on the wire, as the seed API)
+# --------------------------------------------------------------------------------------------
+class _Wire(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+
+TaskStatusLiteral = Literal["pending", "processing", "completed", "failed", "cancelled", "success"]
+
+
+class TaskResult(_Wire):
+    url: str
+    type: str = "video"
+
+
+class TaskOutput(_Wire):
+    url: str
+    duration: float | None = None
+    format: str = "mp4"
+    hasAudio: bool | None = None  # noqa: N815 (wire name)
+
+
+class TaskError(_Wire):
+    code: str
+    key: str | None = None
+    message: str = ""
+
+
+class GenerateAccepted(_Wire):
+    id: str
+    model: str
+    status: str
+    creditsUsed: int  # noqa: N815
+    creditsRemaining: int  # noqa: N815
+    createdAt: str  # noqa: N815
+
+
+class TaskView(_Wire):
+    id: str
+    taskId: str | None = None  # noqa: N815
+    model: str | None = None
+    status: str
+    mediaType: str = "video"  # noqa: N815
+    prompt: str | None = None
+    input: dict[str, Any] | None = None
+    createdAt: str | None = None  # noqa: N815
+    startedAt: str | None = None  # noqa: N815
+    completedAt: str | None = None  # noqa: N815
+    creditsUsed: int | None = None  # noqa: N815
+    progress: int | None = None
+    queuePosition: int | None = None  # noqa: N815
+    etaSeconds: float | None = None  # noqa: N815
+    result: TaskResult | None = None
+    output: TaskOutput | None = None
+    error: TaskError | None = None
+
+
+class DownloadView(_Wire):
+    url: str
+    type: str = "video"
+    expiresAt: str | None = None  # noqa: N815
+
+
+class CreditsView(_Wire):
+    credits: int
+    reserved: int = 0
+
+
+class PriceTable(_Wire):
+    audio: int
+    noAudio: int  # noqa: N815
+
+
+class ModelView(_Wire):
+    id: str
+    name: str
+    type: str = "video"
+    inputs: list[str]
+    aspectRatios: list[str] | None = None  # noqa: N815
+    modes: list[str]
+    minDuration: int  # noqa: N815
+    maxDuration: int  # noqa: N815
+    pricing: dict[str, PriceTable]
