@@ -15,20 +15,36 @@ from reelgen.errors import ReelgenError
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory (REELGEN_DATA_DIR)")
-    p.add_argument("--database-url", help="SQLAlchemy URL (REELGEN_DATABASE_URL); default sqlite in the data dir")
+    p.add_argument(
+        "--database-url", help="SQLAlchemy URL (REELGEN_DATABASE_URL); default sqlite in the data dir"
+    )
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="what the video shows")
-    p.add_argument("--model", help="kling-3-0-text-to-video (default) or kling-3-0-image-to-video (with --image)")
+    p.add_argument(
+        "--model", help="kling-3-0-text-to-video (default) or kling-3-0-image-to-video (with --image)"
+    )
     p.add_argument("--duration", type=int, default=5, help="seconds, 3-15 (default 5)")
     p.add_argument("--mode", choices=["standard", "professional"], default="standard")
     p.add_argument("--no-audio", action="store_true", help="an MP4 with no audio stream")
-    p.add_argument("--aspect-ratio", choices=["16:9", "9:16", "1:1"], help="text-to-video only (default 16:9)")
-    p.add_argument("--image", action="append", default=[], metavar="URL_OR_PATH",
-                   help="start frame; give twice for start and end frame")
-    p.add_argument("--shot", action="append", default=[], metavar="PROMPT=SECONDS",
-                   help="one shot of a multi-shot video; durations must add up to --duration")
+    p.add_argument(
+        "--aspect-ratio", choices=["16:9", "9:16", "1:1"], help="text-to-video only (default 16:9)"
+    )
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="URL_OR_PATH",
+        help="start frame; give twice for start and end frame",
+    )
+    p.add_argument(
+        "--shot",
+        action="append",
+        default=[],
+        metavar="PROMPT=SECONDS",
+        help="one shot of a multi-shot video; durations must add up to --duration",
+    )
     p.add_argument("-o", "--output", help="where to write the MP4")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 

@@ -76,7 +76,9 @@ def _mode_spec(name: str, mode: str, raw: dict[str, Any]) -> ModeSpec:
         multiple = 64 if two_stage else 32
         for aspect, (w, h) in sizes.items():
             if w % multiple or h % multiple:
-                raise _bad(name, f"{mode} {aspect.value} size {w}x{h}: each side must be a multiple of {multiple}")
+                raise _bad(
+                    name, f"{mode} {aspect.value} size {w}x{h}: each side must be a multiple of {multiple}"
+                )
         spec = ModeSpec(
             sizes=sizes,
             steps=int(raw["steps"]),
@@ -105,8 +107,19 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
             Mode(m): {True: int(raw["rates"][m]["audio"]), False: int(raw["rates"][m]["no_audio"])}
             for m in (Mode.STANDARD, Mode.PROFESSIONAL)
         }
-        known = {"engine", "description", "weights", "upsampler_weights", "fps", "min_duration",
-                 "max_duration", "max_sequence_length", "negative_prompt", "modes", "rates"}
+        known = {
+            "engine",
+            "description",
+            "weights",
+            "upsampler_weights",
+            "fps",
+            "min_duration",
+            "max_duration",
+            "max_sequence_length",
+            "negative_prompt",
+            "modes",
+            "rates",
+        }
         profile = Profile(
             name=name,
             engine=engine,

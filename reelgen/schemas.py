@@ -77,7 +77,7 @@ class Shot(BaseModel):
 
 
 class GenerateInput(BaseModel):
-    """The ``input`` object of ``POST /api/v1/generate`` (both models; the model decides which fields apply)."""
+    """The ``input`` of ``POST /api/v1/generate`` (both models; the model decides which fields apply)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -145,16 +145,23 @@ def parse_generate(body: Any, models: Collection[str] = MODEL_IDS) -> GenerateRe
     inp = body.get("input")
     prompt = inp.get("prompt") if isinstance(inp, dict) else None
     if not isinstance(inp, dict) or prompt is None or (isinstance(prompt, str) and not prompt.strip()):
-        raise ReelgenError(ErrorCode.MISSING_PROMPT, "The 'input.prompt' field is required and must not be blank.")
+        raise ReelgenError(
+            ErrorCode.MISSING_PROMPT, "The 'input.prompt' field is required and must not be blank."
+        )
     details: list[dict[str, Any]] = [
         {"field": k, "message": "unknown field"} for k in body if k not in ("model", "input")
     ]
     if model == TEXT_TO_VIDEO and "image_urls" in inp:
-        details.append({"field": "input.image_urls", "message": f"not accepted by {TEXT_TO_VIDEO}; use {IMAGE_TO_VIDEO}"})
+        details.append(
+            {"field": "input.image_urls", "message": f"not accepted by {TEXT_TO_VIDEO}; use {IMAGE_TO_VIDEO}"}
+        )
     if model == IMAGE_TO_VIDEO:
         if "aspect_ratio" in inp:
             details.append(
-                {"field": "input.aspect_ratio", "message": "image-to-video takes the ratio nearest its start frame"}
+                {
+                    "field": "input.aspect_ratio",
+                    "message": "image-to-video takes the ratio nearest its start frame",
+                }
             )
         if not inp.get("image_urls"):
             details.append({"field": "input.image_urls", "message": "1 or 2 images are required"})
@@ -192,7 +199,7 @@ class TaskOutput(_Wire):
     url: str
     duration: float | None = None
     format: str = "mp4"
-    hasAudio: bool | None = None  # noqa: N815 (wire name)
+    hasAudio: bool | None = None
 
 
 class TaskError(_Wire):
@@ -205,26 +212,26 @@ class GenerateAccepted(_Wire):
     id: str
     model: str
     status: str
-    creditsUsed: int  # noqa: N815
-    creditsRemaining: int  # noqa: N815
-    createdAt: str  # noqa: N815
+    creditsUsed: int
+    creditsRemaining: int
+    createdAt: str
 
 
 class TaskView(_Wire):
     id: str
-    taskId: str | None = None  # noqa: N815
+    taskId: str | None = None
     model: str | None = None
     status: str
-    mediaType: str = "video"  # noqa: N815
+    mediaType: str = "video"
     prompt: str | None = None
     input: dict[str, Any] | None = None
-    createdAt: str | None = None  # noqa: N815
-    startedAt: str | None = None  # noqa: N815
-    completedAt: str | None = None  # noqa: N815
-    creditsUsed: int | None = None  # noqa: N815
+    createdAt: str | None = None
+    startedAt: str | None = None
+    completedAt: str | None = None
+    creditsUsed: int | None = None
     progress: int | None = None
-    queuePosition: int | None = None  # noqa: N815
-    etaSeconds: float | None = None  # noqa: N815
+    queuePosition: int | None = None
+    etaSeconds: float | None = None
     result: TaskResult | None = None
     output: TaskOutput | None = None
     error: TaskError | None = None
@@ -233,7 +240,7 @@ class TaskView(_Wire):
 class DownloadView(_Wire):
     url: str
     type: str = "video"
-    expiresAt: str | None = None  # noqa: N815
+    expiresAt: str | None = None
 
 
 class CreditsView(_Wire):
@@ -243,7 +250,7 @@ class CreditsView(_Wire):
 
 class PriceTable(_Wire):
     audio: int
-    noAudio: int  # noqa: N815
+    noAudio: int
 
 
 class ModelView(_Wire):
@@ -251,8 +258,8 @@ class ModelView(_Wire):
     name: str
     type: str = "video"
     inputs: list[str]
-    aspectRatios: list[str] | None = None  # noqa: N815
+    aspectRatios: list[str] | None = None
     modes: list[str]
-    minDuration: int  # noqa: N815
-    maxDuration: int  # noqa: N815
+    minDuration: int
+    maxDuration: int
     pricing: dict[str, PriceTable]
