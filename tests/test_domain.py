@@ -78,9 +78,7 @@ def test_shipped_profiles_are_valid_and_operator_file_works(tmp_path: object) ->
     assert profiles["ltx-2-tiny"].is_tiny
     custom = Path(str(tmp_path)) / "p.toml"
     src = (Path(__file__).parents[1] / "reelgen" / "profiles.toml").read_text()
-    custom.write_text(
-        src.replace("[ltx-2-tiny.rates.standard]\naudio = 42", "[ltx-2-tiny.rates.standard]\naudio = 50")
-    )
+    custom.write_text(src.replace("[ltx-2-tiny.rates.standard]\naudio = 42", "[ltx-2-tiny.rates.standard]\naudio = 50"))
     assert get_profile("ltx-2-tiny", custom).rate("standard", True) == 50
     assert get_profile("ltx-2", weights="/models/ltx2").weights == "/models/ltx2"
 
