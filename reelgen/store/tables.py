@@ -1,0 +1,197 @@
+"""The schema as SQLAlchemy Core tables, shared by SQLite and PostgreSQL.
+
+The migrations in ``migrations/versions`` create exactly this schema (a test compares them).
+Money is double entry: each row of ``movements`` (grant, reserve, capture, release) owns two
+``ledger_entries`` that sum to zero; the ``accounts`` balance columns are a cache of those
+entries, written in the same transaction as every movement.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "BUCKETS",
+    "MOVEMENT_KINDS",
+    "TASK_STATUSES",
+    "UTCDateTime",
+    "accounts",
+    "api_keys",
+    "ledger_entries",
+    "metadata",
+    "movements",
+    "tasks",
+]
+
+TASK_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+MOVEMENT_KINDS = ("grant", "reserve", "capture", "release")
+BUCKETS = ("available", "reserved", "granted", "captured")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    Naive datetimes are refused on the way in. SQLite has no timezone type, so the value is stored
+    as naive UTC text (fixed width, so text order is time order) and comes back UTC-aware.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# Autoincrementing 64-bit keys; SQLite only autoincrements an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # cached balances: always equal to the sums of this account's ledger entries (invariant I1)
+    Column("available", BigInteger, nullable=False, server_default="0"),
+    Column("reserved", BigInteger, nullable=False, server_default="0"),
+    Column("granted", BigInteger, nullable=False, server_default="0"),
+    Column("captured", BigInteger, nullable=False, server_default="0"),
+    CheckConstraint("available >= 0", name="available_nonnegative"),
+    CheckConstraint("reserved >= 0", name="reserved_nonnegative"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),  # HMAC-SHA256(pepper, key), hex
+    Column("prefix", String(16), nullable=False),  # for display: "sk-" and the next 5 characters
+    Column("last4", String(4), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("profile", String(100), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("input", Text, nullable=False),  # the request's ``input`` object as JSON text
+    Column("prompt", Text, nullable=False),
+    Column("price", BigInteger, nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    # fencing token: incremented by every claim; every write by a worker names the attempt it holds
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("failures", Integer, nullable=False, server_default="0"),  # crashed or expired attempts
+    Column("max_attempts", Integer, nullable=False),
+    Column("worker_id", String(200), nullable=True),
+    Column("lease_expires_at", UTCDateTime(), nullable=True),
+    Column("heartbeat_at", UTCDateTime(), nullable=True),
+    Column("progress", Integer, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("result_key", String(500), nullable=True),
+    Column("result_duration", Float, nullable=True),
+    Column("result_has_audio", Boolean, nullable=True),
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+    CheckConstraint(_in("status", TASK_STATUSES), name="status_known"),
+    CheckConstraint("progress >= 0 AND progress <= 100", name="progress_range"),
+    CheckConstraint("price > 0", name="price_positive"),
+    CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
+    Index("ix_tasks_status_created_at", "status", "created_at"),
+    Index("ix_tasks_account_id_created_at", "account_id", "created_at"),
+)
+
+movements = Table(
+    "movements",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False, index=True),
+    # deferred, so a caller may reserve before or after inserting the task in one transaction
+    Column(
+        "task_id",
+        String(32),
+        ForeignKey("tasks.id", deferrable=True, initially="DEFERRED"),
+        nullable=True,
+    ),
+    Column("amount", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    CheckConstraint(_in("kind", MOVEMENT_KINDS), name="kind_known"),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint(
+        "(kind = 'grant' AND task_id IS NULL) OR (kind <> 'grant' AND task_id IS NOT NULL)",
+        name="task_iff_hold",
+    ),
+    # one reserve, at most one capture and at most one release per task: a retried finish is a no-op
+    UniqueConstraint("task_id", "kind"),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("movement_id", BigInteger, ForeignKey("movements.id"), nullable=False, index=True),
+    # NULL = the system side (where granted credits come from and captured credits go)
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=True, index=True),
+    Column("bucket", String(16), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    CheckConstraint(_in("bucket", BUCKETS), name="bucket_known"),
+    CheckConstraint("amount <> 0", name="amount_nonzero"),
+)

@@ -1,0 +1,475 @@
+"""The task table is the queue: create, claim, heartbeat, finish, requeue, expire, cancel.
+
+Every state change is a conditional write, ``UPDATE ... WHERE id = :id AND status = :expected AND
+attempt = :attempt``, that reports whether it won. ``attempt`` is a fencing token: each claim
+increments it and every later write by that worker names it, so a worker whose lease expired (and
+whose task another worker has claimed since) cannot overwrite the newer attempt, capture credits
+or publish its result. Finishing moves the credits in the same transaction as the status change.
+
+Call the writing functions inside ``db.run(fn, immediate=True)``: on SQLite that serialises them on
+the write lock, on PostgreSQL claims use ``FOR UPDATE SKIP LOCKED`` and the ledger locks the account.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+
+from reelgen.domain import TaskStatus
+from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.store import ledger
+from reelgen.store.tables import tasks
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
+    from sqlalchemy.engine import Connection, RowMapping
+
+__all__ = [
+    "TaskRow",
+    "cancel",
+    "claim",
+    "complete",
+    "count_active",
+    "create",
+    "expire_holds",
+    "fail",
+    "get",
+    "hand_back",
+    "heartbeat",
+    "list_for_account",
+    "queue_position",
+    "rescue_expired",
+]
+
+_PENDING = TaskStatus.PENDING.value
+_PROCESSING = TaskStatus.PROCESSING.value
+_ACTIVE = (_PENDING, _PROCESSING)
+# attempts to claim before giving up when other workers keep winning the same rows
+_CLAIM_TRIES = 8
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """One row of ``tasks``."""
+
+    id: str
+    account_id: str
+    model: str
+    profile: str
+    status: TaskStatus
+    input: dict[str, Any] = field(hash=False)
+    prompt: str
+    price: int
+    seed: int
+    attempt: int
+    failures: int
+    max_attempts: int
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    heartbeat_at: datetime | None
+    progress: int
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    result_key: str | None
+    result_duration: float | None
+    result_has_audio: bool | None
+    error_code: str | None
+    error_message: str | None
+
+
+def _row(m: RowMapping) -> TaskRow:
+    return TaskRow(
+        id=m["id"],
+        account_id=m["account_id"],
+        model=m["model"],
+        profile=m["profile"],
+        status=TaskStatus(m["status"]),
+        input=json.loads(m["input"]),
+        prompt=m["prompt"],
+        price=int(m["price"]),
+        seed=int(m["seed"]),
+        attempt=int(m["attempt"]),
+        failures=int(m["failures"]),
+        max_attempts=int(m["max_attempts"]),
+        worker_id=m["worker_id"],
+        lease_expires_at=m["lease_expires_at"],
+        heartbeat_at=m["heartbeat_at"],
+        progress=int(m["progress"]),
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        completed_at=m["completed_at"],
+        result_key=m["result_key"],
+        result_duration=None if m["result_duration"] is None else float(m["result_duration"]),
+        result_has_audio=None if m["result_has_audio"] is None else bool(m["result_has_audio"]),
+        error_code=m["error_code"],
+        error_message=m["error_message"],
+    )
+
+
+def _is_postgres(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def _move(conn: Connection, task_id: str, status: str, attempt: int | None, /, **values: Any) -> bool:
+    """The one conditional write: set ``values`` if the task is still in ``status`` (and ``attempt``)."""
+    stmt = update(tasks).where(tasks.c.id == task_id, tasks.c.status == status)
+    if attempt is not None:
+        stmt = stmt.where(tasks.c.attempt == attempt)
+    return conn.execute(stmt.values(**values)).rowcount == 1
+
+
+def create(
+    conn: Connection,
+    *,
+    account_id: str,
+    model: str,
+    profile: str,
+    input: dict[str, Any],
+    prompt: str,
+    price: int,
+    seed: int,
+    max_attempts: int,
+    now: datetime,
+) -> TaskRow:
+    """Insert a pending task. Reserve its price with ``ledger.reserve`` in the same transaction."""
+    if isinstance(price, bool) or not isinstance(price, int) or price <= 0:
+        raise ValueError(f"price must be a positive number of credits (got {price!r})")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1 (got {max_attempts})")
+    task_id = uuid.uuid4().hex
+    conn.execute(
+        insert(tasks).values(
+            id=task_id,
+            account_id=account_id,
+            model=model,
+            profile=profile,
+            status=_PENDING,
+            input=json.dumps(input, separators=(",", ":"), sort_keys=True),
+            prompt=prompt,
+            price=price,
+            seed=seed,
+            attempt=0,
+            failures=0,
+            max_attempts=max_attempts,
+            progress=0,
+            created_at=now,
+        )
+    )
+    task = get(conn, task_id)
+    assert task is not None
+    return task
+
+
+def get(conn: Connection, task_id: str) -> TaskRow | None:
+    row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one_or_none()
+    return None if row is None else _row(row._mapping)
+
+
+def _require(conn: Connection, task_id: str) -> TaskRow:
+    task = get(conn, task_id)
+    if task is None:
+        raise ReelgenError(ErrorCode.TASK_NOT_FOUND, f"Task {task_id} not found")
+    return task
+
+
+def queue_position(conn: Connection, task_id: str) -> int | None:
+    """How many pending tasks will be claimed before this one (0 = next); None unless pending."""
+    task = get(conn, task_id)
+    if task is None or task.status is not TaskStatus.PENDING:
+        return None
+    ahead = conn.execute(
+        select(func.count()).select_from(tasks).where(tasks.c.status == _PENDING, _before(task.created_at, task.id))
+    ).scalar_one()
+    return int(ahead)
+
+
+def _before(created_at: datetime, task_id: str) -> ColumnElement[bool]:
+    """SQL: the row sorts before (created_at, id) in queue order."""
+    return or_(
+        tasks.c.created_at < created_at,
+        and_(tasks.c.created_at == created_at, tasks.c.id < task_id),
+    )
+
+
+def claim(
+    conn: Connection,
+    *,
+    worker_id: str,
+    lease_seconds: float,
+    now: datetime,
+    profile: str | None = None,
+) -> TaskRow | None:
+    """Take the oldest pending task (of ``profile``, if given) as a new attempt; None if none waits."""
+    for _ in range(_CLAIM_TRIES):
+        oldest = select(tasks.c.id).where(tasks.c.status == _PENDING).order_by(tasks.c.created_at, tasks.c.id).limit(1)
+        if profile is not None:
+            oldest = oldest.where(tasks.c.profile == profile)
+        if _is_postgres(conn):
+            oldest = oldest.with_for_update(skip_locked=True)
+        task_id = conn.execute(oldest).scalar_one_or_none()
+        if task_id is None:
+            return None
+        won = _move(
+            conn,
+            task_id,
+            _PENDING,
+            None,
+            status=_PROCESSING,
+            attempt=tasks.c.attempt + 1,
+            worker_id=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            started_at=now,
+            progress=0,
+        )
+        if won:
+            return get(conn, task_id)
+    return None
+
+
+def heartbeat(
+    conn: Connection,
+    task_id: str,
+    attempt: int,
+    worker_id: str,
+    *,
+    lease_seconds: float,
+    now: datetime,
+    progress: int | None = None,
+) -> bool:
+    """Extend the lease (and record progress). False: this worker no longer owns the task, stop."""
+    values: dict[str, Any] = {
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "heartbeat_at": now,
+    }
+    if progress is not None:
+        values["progress"] = max(0, min(100, int(progress)))
+    stmt = (
+        update(tasks)
+        .where(
+            tasks.c.id == task_id,
+            tasks.c.status == _PROCESSING,
+            tasks.c.attempt == attempt,
+            tasks.c.worker_id == worker_id,
+        )
+        .values(**values)
+    )
+    return conn.execute(stmt).rowcount == 1
+
+
+def complete(
+    conn: Connection,
+    task_id: str,
+    attempt: int,
+    *,
+    result_key: str,
+    duration: float,
+    has_audio: bool,
+    now: datetime,
+) -> bool:
+    """Attempt ``attempt`` succeeded: publish the result and capture the hold, together.
+
+    False (nothing written) if that attempt no longer owns the task.
+    """
+    won = _move(
+        conn,
+        task_id,
+        _PROCESSING,
+        attempt,
+        status=TaskStatus.COMPLETED.value,
+        result_key=result_key,
+        result_duration=float(duration),
+        result_has_audio=bool(has_audio),
+        progress=100,
+        completed_at=now,
+        lease_expires_at=None,
+    )
+    if won and not ledger.capture(conn, task_id, now):
+        raise RuntimeError(f"task {task_id} was processing but its hold was already resolved")
+    return won
+
+
+def fail(conn: Connection, task_id: str, attempt: int, *, code: str, message: str, now: datetime) -> bool:
+    """Attempt ``attempt`` failed for good: record the error and release the hold, together.
+
+    False (nothing written) if that attempt no longer owns the task.
+    """
+    won = _move(
+        conn,
+        task_id,
+        _PROCESSING,
+        attempt,
+        status=TaskStatus.FAILED.value,
+        error_code=str(code),
+        error_message=message,
+        completed_at=now,
+        lease_expires_at=None,
+    )
+    _release_or_raise(conn, task_id, now, won)
+    return won
+
+
+def _release_or_raise(conn: Connection, task_id: str, now: datetime, won: bool) -> None:
+    if won and not ledger.release(conn, task_id, now):
+        raise RuntimeError(f"task {task_id} was active but its hold was already resolved")
+
+
+_REQUEUED: dict[str, Any] = {
+    "status": _PENDING,
+    "worker_id": None,
+    "lease_expires_at": None,
+    "heartbeat_at": None,
+    "started_at": None,
+    "progress": 0,
+}
+
+
+def hand_back(conn: Connection, task_id: str, attempt: int, now: datetime) -> bool:
+    """A draining worker returns its task to the queue; this does not count as a failure."""
+    del now  # the requeue keeps the task's place in the queue (its created_at)
+    return _move(conn, task_id, _PROCESSING, attempt, **_REQUEUED)
+
+
+def rescue_expired(conn: Connection, now: datetime) -> list[tuple[str, TaskStatus]]:
+    """Recover tasks whose worker stopped heartbeating: requeue them, or fail them for good.
+
+    Each expired lease counts one failure; a task that reaches ``max_attempts`` failures is failed
+    with ``GENERATION_FAILED`` and its hold released, so a poison task never runs forever.
+    """
+    stmt = (
+        select(tasks.c.id, tasks.c.attempt, tasks.c.failures, tasks.c.max_attempts)
+        .where(tasks.c.status == _PROCESSING, tasks.c.lease_expires_at < now)
+        .order_by(tasks.c.id)
+    )
+    if _is_postgres(conn):
+        stmt = stmt.with_for_update(skip_locked=True)
+    done: list[tuple[str, TaskStatus]] = []
+    for row in conn.execute(stmt).all():
+        failures = int(row.failures) + 1
+        if failures < int(row.max_attempts):
+            outcome, values = TaskStatus.PENDING, {**_REQUEUED, "failures": failures}
+        else:
+            outcome = TaskStatus.FAILED
+            values = {
+                "status": TaskStatus.FAILED.value,
+                "failures": failures,
+                "error_code": ErrorCode.GENERATION_FAILED.value,
+                "error_message": f"The generation failed after {failures} attempts.",
+                "completed_at": now,
+                "lease_expires_at": None,
+            }
+        won = (
+            conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.id == row.id,
+                    tasks.c.status == _PROCESSING,
+                    tasks.c.attempt == row.attempt,
+                    tasks.c.lease_expires_at < now,
+                )
+                .values(**values)
+            ).rowcount
+            == 1
+        )
+        if won:
+            if outcome is TaskStatus.FAILED:
+                _release_or_raise(conn, row.id, now, won)
+            done.append((row.id, outcome))
+    return done
+
+
+def expire_holds(conn: Connection, *, max_age_seconds: float, now: datetime) -> list[str]:
+    """Fail every pending or processing task created more than ``max_age_seconds`` ago (``TIMEOUT``)
+    and release its hold, like an expired card authorisation. Returns the ids."""
+    cutoff = now - timedelta(seconds=max_age_seconds)
+    stmt = (
+        select(tasks.c.id, tasks.c.status, tasks.c.attempt)
+        .where(tasks.c.status.in_(_ACTIVE), tasks.c.created_at < cutoff)
+        .order_by(tasks.c.created_at, tasks.c.id)
+    )
+    if _is_postgres(conn):
+        stmt = stmt.with_for_update(skip_locked=True)
+    expired: list[str] = []
+    for row in conn.execute(stmt).all():
+        won = _move(
+            conn,
+            row.id,
+            row.status,
+            row.attempt,
+            status=TaskStatus.FAILED.value,
+            error_code=ErrorCode.TIMEOUT.value,
+            error_message=f"The task did not finish within {max_age_seconds:g} seconds.",
+            completed_at=now,
+            lease_expires_at=None,
+        )
+        _release_or_raise(conn, row.id, now, won)
+        if won:
+            expired.append(row.id)
+    return expired
+
+
+def cancel(conn: Connection, task_id: str, now: datetime) -> TaskRow:
+    """Cancel a pending task and release its hold; returns the task as it now is.
+
+    A task already cancelled is returned unchanged. ``TASK_NOT_FOUND`` for an unknown id;
+    ``NOT_CANCELLABLE`` once it has finished, or while a worker runs it (not supported yet).
+    """
+    task = _require(conn, task_id)
+    if task.status is TaskStatus.PENDING:
+        won = _move(
+            conn,
+            task_id,
+            _PENDING,
+            task.attempt,
+            status=TaskStatus.CANCELLED.value,
+            completed_at=now,
+        )
+        _release_or_raise(conn, task_id, now, won)
+        task = _require(conn, task_id)
+    if task.status is TaskStatus.CANCELLED:
+        return task
+    if task.status is TaskStatus.PROCESSING:
+        raise ReelgenError(ErrorCode.NOT_CANCELLABLE, f"Task {task_id} is processing and can no longer be cancelled")
+    raise ReelgenError(ErrorCode.NOT_CANCELLABLE, f"Task {task_id} is {task.status} and cannot be cancelled")
+
+
+def list_for_account(
+    conn: Connection,
+    account_id: str,
+    *,
+    status: TaskStatus | str | None = None,
+    limit: int = 20,
+    before: tuple[datetime, str] | None = None,
+) -> list[TaskRow]:
+    """The account's tasks, newest first; ``before`` = (created_at, id) of the last row seen."""
+    stmt = (
+        select(tasks)
+        .where(tasks.c.account_id == account_id)
+        .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+        .limit(max(0, limit))
+    )
+    if status is not None:
+        stmt = stmt.where(tasks.c.status == TaskStatus(status).value)
+    if before is not None:
+        created_at, last_id = before
+        stmt = stmt.where(
+            or_(
+                tasks.c.created_at < created_at,
+                and_(tasks.c.created_at == created_at, tasks.c.id < last_id),
+            )
+        )
+    return [_row(r._mapping) for r in conn.execute(stmt)]
+
+
+def count_active(conn: Connection, account_id: str) -> int:
+    """The account's pending plus processing tasks (for the per-account cap)."""
+    n = conn.execute(
+        select(func.count()).select_from(tasks).where(tasks.c.account_id == account_id, tasks.c.status.in_(_ACTIVE))
+    ).scalar_one()
+    return int(n)
