@@ -1,0 +1,3 @@
+"""Shared pytest configuration: fixture plugins for the whole suite."""
+
+pytest_plugins = ["tests.store_fixtures"]

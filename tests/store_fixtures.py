@@ -1,0 +1,150 @@
+"""Store fixtures: a migrated ``Database`` on SQLite (a file in tmp_path) and on PostgreSQL.
+
+The PostgreSQL variant gets a fresh schema per test (``CREATE SCHEMA t_<random>``, reached through
+``search_path``) that is dropped afterwards, so parallel and CI runs never see each other's rows.
+Set ``REELGEN_TEST_PG_URL`` to point at another server. When PostgreSQL is unreachable the
+PostgreSQL variants are skipped with the reason, except under ``CI=true``, where they fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.store import ledger, tasks
+from reelgen.store.db import Database
+
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+BACKENDS = ("sqlite", "postgresql")
+#: A fixed clock for store tests (timestamps are injected, never read from the wall clock).
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def pg_url() -> str:
+    return os.environ.get("REELGEN_TEST_PG_URL") or DEFAULT_PG_URL
+
+
+@functools.cache
+def _pg_unreachable() -> str | None:
+    """Why PostgreSQL cannot be used (None when it can); asked once per process."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url(), connect_args={"connect_timeout": 3}, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    finally:
+        engine.dispose()
+    return None
+
+
+def require_postgres() -> None:
+    """Skip (or, under CI=true, fail) the calling test when PostgreSQL is unreachable."""
+    reason = _pg_unreachable()
+    if reason is None:
+        return
+    where = f"PostgreSQL at {pg_url()} (REELGEN_TEST_PG_URL) is unreachable: {reason}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{where}; CI=true requires it", pytrace=False)
+    pytest.skip(where)
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema; yields a URL whose search_path points at it."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    require_postgres()
+    name = f"t_{secrets.token_hex(6)}"
+    admin = sa.create_engine(pg_url(), poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+        url = make_url(pg_url()).update_query_dict({"options": f"-csearch_path={name}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database (not migrated) on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'reelgen.db'}"
+    else:
+        with pg_schema() as url:
+            yield url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A migrated database on each backend (SQLite file, PostgreSQL schema)."""
+    database = Database(db_url)
+    database.upgrade()
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+# helpers shared by the store tests (and by spawned child processes, so they live in a module)
+
+
+def submit(
+    db: Database, account_id: str, price: int, *, now: datetime = T0, profile: str = "tiny"
+) -> tuple[tasks.TaskRow, int]:
+    """Create a task and reserve its price in one immediate transaction, as the service does."""
+
+    def go(conn: Any) -> tuple[tasks.TaskRow, int]:
+        task = tasks.create(
+            conn,
+            account_id=account_id,
+            model="kling-3-0-text-to-video",
+            profile=profile,
+            input={"prompt": "a fox", "duration": 3},
+            prompt="a fox",
+            price=price,
+            seed=7,
+            max_attempts=3,
+            now=now,
+        )
+        return task, ledger.reserve(conn, account_id, task.id, price, now)
+
+    result: tuple[tasks.TaskRow, int] = db.run(go, immediate=True)
+    return result
+
+
+def reserve_in_process(
+    url: str, account_id: str, price: int, attempts: int, barrier: Any, results: Any
+) -> None:
+    """Child process body: ``attempts`` submits on its own Database; reports outcome names."""
+    db = Database(url)
+    outcomes: list[str] = []
+    try:
+        db.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())  # connect before the race
+        barrier.wait(timeout=60)
+        for i in range(attempts):
+            try:
+                submit(db, account_id, price, now=T0 + timedelta(microseconds=i))
+                outcomes.append("ok")
+            except ReelgenError as exc:
+                outcomes.append(str(exc.code) if exc.code is ErrorCode.INSUFFICIENT_CREDITS else repr(exc))
+            except Exception as exc:
+                outcomes.append(repr(exc))
+    finally:
+        db.dispose()
+        results.put(outcomes)
