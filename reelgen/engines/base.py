@@ -8,7 +8,7 @@ Progress is reported once per denoising step through ``on_step``; returning ``Fa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from reelgen.errors import ErrorCode, ReelgenError
@@ -32,18 +32,32 @@ class Cancelled(ReelgenError):
 
 @dataclass
 class Clip:
-    """Frames (``uint8``, shape ``(frames, height, width, 3)``) and audio (``float32``, ``(channels, samples)``)."""
+    """Frames (``uint8``, shape ``(frames, height, width, 3)``) and audio (``float32``, ``(channels, samples)``).
+
+    ``frames`` holds exactly ``seconds * fps`` frames and ``audio`` exactly ``seconds * sample_rate``
+    samples (None when the job has no audio). ``timings`` lists ``(stage, seconds)`` in the order
+    the stages ran (``text_encoding``, one ``stage1_step`` / ``stage2_step`` per denoising step,
+    ``upsample``, ``vae_decode``, ``audio_decode``), for benchmarks and logs.
+    """
 
     frames: np.ndarray
     fps: int
     audio: np.ndarray | None
     sample_rate: int | None
+    timings: list[tuple[str, float]] = field(default_factory=list)
 
 
 class Engine(Protocol):
+    """Load once (``reelgen.engines.load_engine``), then ``generate`` many segments."""
+
     #: True when the weights are random (output is noise); every command using it says so.
     random_weights: bool
 
     def generate(self, job: Job, segment: Segment, on_step: StepCallback | None = None) -> Clip:
-        """Generate one segment of ``job`` (frames trimmed to ``segment.seconds * job.fps``)."""
+        """Generate one segment of ``job`` (frames trimmed to ``segment.seconds * job.fps``).
+
+        ``job.start_image`` conditions the job's first segment and ``job.end_image`` its last one.
+        Invalid input raises ``ReelgenError`` before any work; ``on_step`` returning False raises
+        ``Cancelled`` at the next step boundary. The same job and segment give the same clip.
+        """
         ...

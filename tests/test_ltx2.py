@@ -1,0 +1,303 @@
+"""The LTX-2 engine on CPU with tiny random weights: every input class, progress, cancellation,
+determinism, input checks, and real weight loading from a diffusers-layout directory."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reelgen.domain import Job, Segment, plan
+from reelgen.engines import Cancelled, Clip, Engine, load_engine
+from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.profiles import Profile, get_profile
+from reelgen.schemas import AspectRatio, GenerateInput, Mode
+
+
+def job_for(profile: Profile, *, seed: int = 7, **inp: object) -> Job:
+    fields: dict[str, object] = {"prompt": "a red fox runs through snow", "duration": 3} | inp
+    return plan(GenerateInput.model_validate(fields), profile, seed=seed)
+
+
+def picture(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("aspect", list(AspectRatio))
+def test_each_aspect_ratio(tiny_engine: Engine, tiny_profile: Profile, aspect: AspectRatio) -> None:
+    job = job_for(tiny_profile, aspect_ratio=aspect.value)
+    clip = tiny_engine.generate(job, job.segments[0])
+    width, height = tiny_profile.mode(Mode.STANDARD).size(aspect)
+    assert clip.frames.shape == (3 * 24, height, width, 3) and clip.frames.dtype == np.uint8
+    assert clip.fps == 24
+    assert clip.audio is not None and clip.sample_rate == 24000
+    assert clip.audio.shape == (2, 3 * 24000) and clip.audio.dtype == np.float32
+    assert clip.frames.std() > 0  # real decoded pixels, not a constant fill
+
+
+def test_professional_is_two_stage_at_the_professional_size(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    job = job_for(tiny_profile, mode="professional", aspect_ratio="9:16")
+    seen: list[tuple[int, int]] = []
+    clip = tiny_engine.generate(job, job.segments[0], lambda d, t: seen.append((d, t)) is None)
+    spec = tiny_profile.mode(Mode.PROFESSIONAL)
+    width, height = spec.size(AspectRatio.TALL)
+    assert clip.frames.shape == (72, height, width, 3)
+    total = spec.steps + len(spec.stage2_sigmas)
+    assert seen == [(i, total) for i in range(1, total + 1)]
+    stages = [name for name, _ in clip.timings]
+    assert stages.count("stage1_step") == spec.steps and stages.count("stage2_step") == len(spec.stage2_sigmas)
+    assert stages.index("upsample") < stages.index("stage2_step") < stages.index("vae_decode")
+
+
+def test_progress_and_timings_of_a_single_stage(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    job = job_for(tiny_profile)
+    seen: list[tuple[int, int]] = []
+    clip = tiny_engine.generate(job, job.segments[0], lambda d, t: seen.append((d, t)) is None)
+    assert seen == [(i, job.steps) for i in range(1, job.steps + 1)]
+    names = [name for name, _ in clip.timings]
+    assert names == ["text_encoding", *["stage1_step"] * job.steps, "vae_decode", "audio_decode"]
+    assert all(seconds >= 0 for _, seconds in clip.timings)
+
+
+def test_audio_off_skips_the_audio_decoder(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    job = job_for(tiny_profile, audio=False)
+    clip = tiny_engine.generate(job, job.segments[0])
+    assert clip.audio is None and clip.sample_rate is None
+    assert "audio_decode" not in [name for name, _ in clip.timings]
+
+
+def test_same_seed_same_output_other_seed_other_output(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    job = job_for(tiny_profile, seed=11)
+    a = tiny_engine.generate(job, job.segments[0])
+    b = tiny_engine.generate(job, job.segments[0])
+    np.testing.assert_array_equal(a.frames, b.frames)
+    assert a.audio is not None and b.audio is not None
+    np.testing.assert_array_equal(a.audio, b.audio)
+    other = job_for(tiny_profile, seed=12)
+    c = tiny_engine.generate(other, other.segments[0])
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_start_image_conditions_the_video(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    job = job_for(tiny_profile, seed=3)
+    width, height = job.width, job.height
+    with_a = replace(job, start_image=picture(width, height, 1))
+    with_b = replace(job, start_image=picture(width, height, 2))
+    a = tiny_engine.generate(with_a, with_a.segments[0])
+    b = tiny_engine.generate(with_b, with_b.segments[0])
+    t2v = tiny_engine.generate(job, job.segments[0])
+    assert a.frames.shape == b.frames.shape == (72, height, width, 3)
+    assert not np.array_equal(a.frames, b.frames) and not np.array_equal(a.frames, t2v.frames)
+
+
+def test_start_and_end_images_both_condition(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    job = job_for(tiny_profile, seed=3, mode="professional")
+    # images of another size are centre-cropped and resized by the engine
+    start = picture(300, 500, 1)
+    ab = replace(job, start_image=start, end_image=picture(300, 500, 2))
+    ac = replace(job, start_image=start, end_image=picture(300, 500, 3))
+    x = tiny_engine.generate(ab, ab.segments[0])
+    y = tiny_engine.generate(ac, ac.segments[0])
+    assert x.frames.shape == (72, job.height, job.width, 3)
+    assert not np.array_equal(x.frames, y.frames)
+
+
+def test_cancel_at_a_step_boundary(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    job = job_for(tiny_profile, mode="professional")
+    calls: list[int] = []
+
+    def stop_after_first(done: int, total: int) -> bool:
+        calls.append(done)
+        return False
+
+    with pytest.raises(Cancelled) as err:
+        tiny_engine.generate(job, job.segments[0], stop_after_first)
+    assert err.value.code == ErrorCode.CANCELLED and calls == [1]
+    # the engine is still usable afterwards
+    job = job_for(tiny_profile)
+    assert tiny_engine.generate(job, job.segments[0]).frames.shape[0] == 72
+
+
+def test_a_shot_of_zero_seconds_is_refused(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    job = job_for(tiny_profile)
+    bad = Segment(prompt="nothing", seconds=0, num_frames=1, seed=1)
+    job = replace(job, segments=(bad,))
+    with pytest.raises(ReelgenError) as err:
+        tiny_engine.generate(job, bad)
+    assert err.value.code == ErrorCode.INVALID_INPUT and "0 s" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "needle"),
+    [
+        ({"width": 100}, ErrorCode.INVALID_INPUT, "100x64"),
+        ({"steps": 0}, ErrorCode.INVALID_INPUT, "steps 0"),
+        ({"guidance": {"cfg_scale": 2.0}}, ErrorCode.INVALID_PROFILE, "cfg_scale"),
+    ],
+)
+def test_bad_jobs_are_refused_before_any_work(
+    tiny_engine: Engine, tiny_profile: Profile, change: dict[str, object], code: ErrorCode, needle: str
+) -> None:
+    job = replace(job_for(tiny_profile), **change)  # type: ignore[arg-type]
+    called: list[int] = []
+    with pytest.raises(ReelgenError) as err:
+        tiny_engine.generate(job, job.segments[0], lambda d, t: called.append(d) is None)
+    assert err.value.code == code and needle in err.value.message and called == []
+
+
+def test_a_segment_from_another_job_is_refused(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    job = job_for(tiny_profile)
+    stranger = Segment(prompt="other", seconds=3, num_frames=73, seed=99)
+    with pytest.raises(ReelgenError) as err:
+        tiny_engine.generate(job, stranger)
+    assert err.value.code == ErrorCode.INVALID_INPUT
+
+
+def test_bad_device_and_load_format(tiny_profile: Profile) -> None:
+    with pytest.raises(ReelgenError) as err:
+        load_engine(tiny_profile, device="tpu")
+    assert err.value.code == ErrorCode.INVALID_SETTINGS and "'tpu'" in err.value.message
+    with pytest.raises(ReelgenError) as err:
+        load_engine(tiny_profile, device="cpu", load_format="gguf")
+    assert err.value.code == ErrorCode.INVALID_SETTINGS and "'gguf'" in err.value.message
+
+
+def test_cuda_device_without_cuda_is_refused(tiny_profile: Profile) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present here")
+    with pytest.raises(ReelgenError) as err:
+        load_engine(tiny_profile, device="cuda:0")
+    assert err.value.code == ErrorCode.INVALID_SETTINGS
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights: the ltx-2 profile loads a diffusers-layout directory exactly as it would the real one
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny components saved as the released checkpoint is laid out: pipeline + latent_upsampler/."""
+    from diffusers import LTX2Pipeline
+
+    from reelgen.engines.tiny import build_tiny_components, build_tiny_latent_upsampler
+
+    root = tmp_path_factory.mktemp("ltx2-weights")
+    LTX2Pipeline(**build_tiny_components()).save_pretrained(root)
+    build_tiny_latent_upsampler().save_pretrained(root / "latent_upsampler")
+    return root
+
+
+def assert_same_output(a: Clip, b: Clip) -> None:
+    """Equal up to float rounding: weights read back from safetensors may sit at other memory
+    alignments, which lets BLAS pick other kernels for some shapes (a few pixels off by one)."""
+    diff = np.abs(a.frames.astype(np.int16) - b.frames.astype(np.int16))
+    assert diff.max() <= 2 and (diff > 0).mean() < 1e-3
+    assert a.audio is not None and b.audio is not None
+    np.testing.assert_allclose(a.audio, b.audio, atol=1e-3)
+
+
+def small(job: Job, width: int, height: int) -> Job:
+    """The ltx-2 profile's plan at a CPU-sized resolution and step count (same guidance, frames, seeds)."""
+    return replace(job, width=width, height=height, steps=2)
+
+
+def test_ltx2_profile_loads_weights_from_a_directory(
+    weights_dir: Path, tiny_engine: Engine, tiny_profile: Profile
+) -> None:
+    profile = get_profile("ltx-2", weights=str(weights_dir))
+    engine = load_engine(profile, device="cpu")
+    assert engine.random_weights is False
+    # the loaded weights are the saved ones: same job, bit-identical output to the in-memory engine
+    standard = small(job_for(profile, seed=5), 96, 64)
+    loaded, built = (
+        engine.generate(standard, standard.segments[0]),
+        tiny_engine.generate(standard, standard.segments[0]),
+    )
+    np.testing.assert_array_equal(loaded.frames, built.frames)
+    assert loaded.audio is not None and built.audio is not None
+    np.testing.assert_array_equal(loaded.audio, built.audio)
+    # the professional mode runs through the upsampler from DIR/latent_upsampler
+    pro = small(job_for(profile, seed=5, mode="professional"), 128, 128)
+    assert pro.two_stage
+    assert_same_output(engine.generate(pro, pro.segments[0]), tiny_engine.generate(pro, pro.segments[0]))
+
+
+def test_upsampler_in_its_own_pipeline_directory(tmp_path: Path, weights_dir: Path, tiny_engine: Engine) -> None:
+    from diffusers import LTX2LatentUpsamplePipeline
+
+    from reelgen.engines.tiny import build_tiny_components, build_tiny_latent_upsampler
+
+    own = tmp_path / "upsampler-pipeline"
+    LTX2LatentUpsamplePipeline(
+        vae=build_tiny_components()["vae"], latent_upsampler=build_tiny_latent_upsampler()
+    ).save_pretrained(own)
+    profile = replace(get_profile("ltx-2", weights=str(weights_dir)), upsampler_weights=str(own))
+    engine = load_engine(profile, device="cpu")
+    pro = small(job_for(profile, seed=6, mode="professional"), 128, 128)
+    assert_same_output(engine.generate(pro, pro.segments[0]), tiny_engine.generate(pro, pro.segments[0]))
+    # ...and a different upsampler really would change the video
+    other = tmp_path / "other-upsampler"
+    build_tiny_latent_upsampler(seed=1).save_pretrained(other)
+    changed = load_engine(replace(profile, upsampler_weights=str(other)), device="cpu")
+    diff = np.abs(
+        changed.generate(pro, pro.segments[0]).frames.astype(np.int16)
+        - tiny_engine.generate(pro, pro.segments[0]).frames
+    )
+    assert (diff > 2).mean() > 0.1
+
+
+def test_missing_weights(tmp_path: Path, weights_dir: Path) -> None:
+    with pytest.raises(ReelgenError) as err:
+        load_engine(get_profile("ltx-2", weights=str(tmp_path / "nowhere")), device="cpu")
+    assert err.value.code == ErrorCode.WEIGHTS_NOT_FOUND and "model_index.json" in err.value.message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ReelgenError) as err:
+        load_engine(get_profile("ltx-2", weights=str(empty)), device="cpu")
+    assert err.value.code == ErrorCode.WEIGHTS_NOT_FOUND
+    no_upsampler = replace(get_profile("ltx-2", weights=str(weights_dir)), upsampler_weights="not_there")
+    with pytest.raises(ReelgenError) as err:
+        load_engine(no_upsampler, device="cpu")
+    assert err.value.code == ErrorCode.WEIGHTS_NOT_FOUND and "not_there" in err.value.message
+
+
+def test_dummy_builds_the_released_architecture() -> None:
+    """Full-size random weights, built on the meta device (no memory): the real sizes and geometry."""
+    import torch
+    from diffusers import LTX2Pipeline
+
+    from reelgen.engines.tiny import build_dummy_components, build_dummy_latent_upsampler
+
+    comps = build_dummy_components("meta", torch.bfloat16)
+    params = {k: sum(p.numel() for p in v.parameters()) for k, v in comps.items() if isinstance(v, torch.nn.Module)}
+    assert params["transformer"] == pytest.approx(18.88e9, rel=0.01)
+    assert params["text_encoder"] == pytest.approx(12.19e9, rel=0.01)  # Gemma-3-12B
+    assert params["connectors"] == pytest.approx(1.43e9, rel=0.01)
+    assert all(p.dtype == torch.bfloat16 for p in comps["transformer"].parameters())
+    pipe = LTX2Pipeline(**comps)
+    assert (pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio) == (32, 8)
+    assert comps["vae"].config.latent_channels == comps["transformer"].config.in_channels == 128
+    assert comps["text_encoder"].config.text_config.hidden_size * 49 == 3840 * 49
+    assert comps["vocoder"].config.output_sampling_rate == 24000
+    up = build_dummy_latent_upsampler("meta", torch.bfloat16)
+    assert up.config.in_channels == 128
+
+
+def test_tiny_builds_are_identical() -> None:
+    import torch
+
+    from reelgen.engines.tiny import build_tiny_components
+
+    a, b = build_tiny_components(), build_tiny_components()
+    for name, module in a.items():
+        if isinstance(module, torch.nn.Module):
+            for (ka, va), (kb, vb) in zip(module.state_dict().items(), b[name].state_dict().items(), strict=True):
+                assert ka == kb and torch.equal(va, vb), f"{name}.{ka}"
+    # and the real compression geometry
+    assert a["vae"].spatial_compression_ratio == 32 and a["vae"].temporal_compression_ratio == 8
+    assert a["audio_vae"].config.sample_rate == 16000 and a["audio_vae"].config.mel_hop_length == 160
