@@ -105,7 +105,13 @@ def db(db_url: str) -> Iterator[Database]:
 
 
 def submit(
-    db: Database, account_id: str, price: int, *, now: datetime = T0, profile: str = "tiny"
+    db: Database,
+    account_id: str,
+    price: int,
+    *,
+    now: datetime = T0,
+    profile: str = "tiny",
+    max_attempts: int = 3,
 ) -> tuple[tasks.TaskRow, int]:
     """Create a task and reserve its price in one immediate transaction, as the service does."""
 
@@ -119,7 +125,7 @@ def submit(
             prompt="a fox",
             price=price,
             seed=7,
-            max_attempts=3,
+            max_attempts=max_attempts,
             now=now,
         )
         return task, ledger.reserve(conn, account_id, task.id, price, now)
@@ -128,16 +134,15 @@ def submit(
     return result
 
 
-def reserve_in_process(
-    url: str, account_id: str, price: int, attempts: int, barrier: Any, results: Any
-) -> None:
-    """Child process body: ``attempts`` submits on its own Database; reports outcome names."""
+def reserve_in_process(url: str, account_id: str, price: int, rounds: int, barrier: Any, results: Any) -> None:
+    """Child process body: ``rounds`` submits on its own Database, each round started together
+    with the other processes through ``barrier``; reports the outcome of each."""
     db = Database(url)
     outcomes: list[str] = []
     try:
         db.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())  # connect before the race
-        barrier.wait(timeout=60)
-        for i in range(attempts):
+        for i in range(rounds):
+            barrier.wait(timeout=60)
             try:
                 submit(db, account_id, price, now=T0 + timedelta(microseconds=i))
                 outcomes.append("ok")

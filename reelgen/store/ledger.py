@@ -74,7 +74,11 @@ def _lock_account(conn: Connection, account_id: str) -> tuple[int, int] | None:
     row = conn.execute(
         select(accounts.c.available, accounts.c.reserved)
         .where(accounts.c.id == account_id)
-        .with_for_update()  # no-op on SQLite, where the immediate transaction already serialises
+        # PostgreSQL: FOR NO KEY UPDATE, not FOR UPDATE. Inserting a task or movement takes a KEY
+        # SHARE lock on this row (the foreign key); FOR UPDATE conflicts with it, so two submits
+        # would deadlock, while NO KEY UPDATE only waits for the other money mover. SQLite ignores
+        # the clause: there the immediate transaction already serialises writers.
+        .with_for_update(key_share=True)
     ).one_or_none()
     return None if row is None else (int(row.available), int(row.reserved))
 
