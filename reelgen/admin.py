@@ -40,11 +40,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ReelgenError(ErrorCode.INVALID_SETTINGS, str(exc).splitlines()[-1]) from None
 
 
+_opened: list[Any] = []
+
+
 def _open(args: argparse.Namespace) -> tuple[Settings, Any]:
+    """Settings and a migrated database; ``dispatch`` disposes of it when the command ends."""
     from reelgen.store.db import Database
 
     settings = settings_from_args(args)
     db = Database.from_settings(settings)
+    _opened.append(db)
     db.upgrade()
     return settings, db
 
@@ -217,4 +222,8 @@ def dispatch(args: argparse.Namespace) -> int:
         "credits": cmd_credits,
         "ledger": cmd_ledger,
     }
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    finally:
+        while _opened:
+            _opened.pop().dispose()

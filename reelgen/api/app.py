@@ -1,0 +1,112 @@
+"""``create_app(settings)``: the FastAPI app; the lifespan builds the context and the executor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import RedirectResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from reelgen import __version__, service
+from reelgen.api import errors
+from reelgen.api.routes import router
+from reelgen.config import Settings
+from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.schemas import GenerateRequest
+
+log = logging.getLogger("reelgen.api")
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes (413), counting while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._reject(send)
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise ReelgenError(ErrorCode.PAYLOAD_TOO_LARGE, self._message())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"The request body is larger than {self.limit} bytes."
+
+    async def _reject(self, send: Send) -> None:
+        response = errors.error_response(ReelgenError(ErrorCode.PAYLOAD_TOO_LARGE, self._message()))
+        await response({"type": "http"}, _empty_receive, send)
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.Context | None = None) -> FastAPI:
+    """The API app. ``start_executor=False`` serves the API only (tests, or API-only replicas)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        context = ctx or service.Context.from_settings(settings)
+        app.state.ctx = context
+        executor = None
+        if start_executor:
+            from reelgen.executor.base import pick
+
+            executor = pick(settings)
+            executor.start()
+        app.state.executor = executor
+        try:
+            yield
+        finally:
+            if executor is not None:
+                executor.stop()
+            if ctx is None:
+                context.db.dispose()
+
+    app = FastAPI(
+        title="reelgen",
+        version=__version__,
+        description="Self-hostable, VicSee Kling 3.0-compatible video generation API.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        req = GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(req.pop("$defs", {}))
+        components["GenerateRequest"] = req
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

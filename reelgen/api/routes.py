@@ -1,0 +1,104 @@
+"""Routes: parse, call one service function, render. No SQL, pricing or HTTPException here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from reelgen import service
+from reelgen.api.auth import CurrentAccount
+from reelgen.errors import ErrorCode, ReelgenError
+
+router = APIRouter()
+
+
+def ok(data: Any) -> dict[str, Any]:
+    return {"success": True, "data": data}
+
+
+def ctx_of(request: Request) -> service.Context:
+    ctx: service.Context = request.app.state.ctx
+    return ctx
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url)
+
+
+def _mp4(result: service.ResultFile) -> FileResponse:
+    # FileResponse answers Range requests (206 / 416) and sets Content-Length itself.
+    return FileResponse(
+        result.path, media_type="video/mp4", filename=result.filename, content_disposition_type="inline"
+    )
+
+
+GENERATE_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}},
+}
+
+
+@router.post("/api/v1/generate", tags=["generation"], openapi_extra={"requestBody": GENERATE_BODY})
+async def generate(request: Request, account: CurrentAccount) -> dict[str, Any]:
+    """Reserve the price and queue a generation task."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ReelgenError(ErrorCode.INVALID_JSON, "The request body is not valid JSON.") from None
+    idem = request.headers.get("idempotency-key")
+    return ok(await run_in_threadpool(service.submit, ctx_of(request), account, body, idempotency_key=idem))
+
+
+@router.get("/api/v1/tasks/{task_id}", tags=["tasks"])
+def get_task(task_id: str, request: Request, account: CurrentAccount) -> dict[str, Any]:
+    """A task's status, progress and, once completed, its result."""
+    return ok(service.get_task(ctx_of(request), account, task_id, base_url(request)))
+
+
+@router.get("/api/v1/tasks/{task_id}/download", tags=["tasks"], response_model=None)
+def download(
+    task_id: str,
+    request: Request,
+    account: CurrentAccount,
+    mode: Literal["url", "proxy"] = Query("url", description="proxy streams the MP4 itself (HTTP Range)"),
+) -> dict[str, Any] | FileResponse:
+    """A signed, expiring URL of the MP4; or the MP4 itself with ``mode=proxy``."""
+    ctx = ctx_of(request)
+    if mode == "proxy":
+        return _mp4(service.result_for_owner(ctx, account, task_id))
+    return ok(service.download(ctx, account, task_id, base_url(request)))
+
+
+@router.get("/api/v1/files/{task_id}.mp4", tags=["tasks"], include_in_schema=False)
+def signed_file(task_id: str, request: Request, expires: str | None = None, token: str | None = None) -> FileResponse:
+    """The MP4 behind a signed URL (no key needed until it expires)."""
+    return _mp4(service.result_for_token(ctx_of(request), task_id, expires, token))
+
+
+@router.get("/api/v1/credits", tags=["account"])
+def credits(request: Request, account: CurrentAccount) -> dict[str, Any]:
+    """Available credits and credits held by pending/processing tasks."""
+    return ok(service.credits(ctx_of(request), account))
+
+
+@router.get("/api/v1/models", tags=["models"])
+def models(request: Request, type: Literal["video"] | None = None) -> dict[str, Any]:
+    """The served models with their inputs and per-second prices (no auth)."""
+    return ok(service.models(ctx_of(request)))
+
+
+@router.get("/healthz", tags=["health"])
+def healthz() -> dict[str, Any]:
+    """Liveness: the process answers."""
+    return ok({"status": "ok"})
+
+
+@router.get("/readyz", tags=["health"], response_model=None)
+def readyz(request: Request) -> dict[str, Any] | JSONResponse:
+    """Readiness: the database answers (503 otherwise)."""
+    return ok(service.ready(ctx_of(request)))
