@@ -132,7 +132,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"revoked key {args.key_id}")
         return 0
     rows = db.run(keys.list_keys)
-    data = [
+    listed = [
         {
             "key_id": k.key_id,
             "account_id": k.account_id,
@@ -146,9 +146,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     lines = [
         f"{d['key_id']}  {d['prefix']}…{d['last4']}  {d['name']}  account {d['account_id']}"
         + ("  (revoked)" if d["revoked"] else "")
-        for d in data
+        for d in listed
     ]
-    _print(args, data, "\n".join(lines) or "no keys")
+    _print(args, listed, "\n".join(lines) or "no keys")
     return 0
 
 
