@@ -132,10 +132,13 @@ class LTX2Engine:
         random_weights: bool,
         source: str,
         stg_blocks: list[int] | None = None,
+        offload_text_encoder: bool = False,
     ) -> None:
         import torch
 
         self.device = torch.device(device)
+        #: keep the text encoder in host memory and bring it to the device only to encode prompts
+        self.offload_text_encoder = offload_text_encoder
         self.dtype: torch.dtype = components["transformer"].dtype
         self.random_weights = random_weights
         self.source = source
@@ -161,6 +164,8 @@ class LTX2Engine:
         needs_upsampler = any(spec.two_stage for spec in profile.modes.values())
         stg = profile.extra.get("stg_blocks")
         stg_blocks = [int(b) for b in stg] if isinstance(stg, list) else None
+        offload = bool(profile.extra.get("offload_text_encoder", False)) and dev.startswith("cuda")
+        opts: dict[str, Any] = {"stg_blocks": stg_blocks, "offload_text_encoder": offload}
         if profile.is_tiny:
             from reelgen.engines.tiny import build_tiny_components, build_tiny_latent_upsampler
 
@@ -171,18 +176,22 @@ class LTX2Engine:
                     module.to(device=dev).eval()
                     if dtype != torch.float32:
                         module.to(dtype=dtype)
-            return cls(comps, up, device=dev, random_weights=True, source="tiny", stg_blocks=stg_blocks)
+            return cls(comps, up, device=dev, random_weights=True, source="tiny", **opts)
         if load_format == "dummy":
             from reelgen.engines.tiny import build_dummy_components, build_dummy_latent_upsampler
 
-            comps = build_dummy_components(dev, dtype)
+            comps = build_dummy_components(dev, dtype, text_encoder_device="cpu" if offload else None)
             up = build_dummy_latent_upsampler(dev, dtype) if needs_upsampler else None
-            return cls(comps, up, device=dev, random_weights=True, source="dummy", stg_blocks=stg_blocks)
+            comps["vae"].enable_tiling()
+            return cls(comps, up, device=dev, random_weights=True, source="dummy", **opts)
         comps, up = _load_pretrained(profile, dtype, needs_upsampler)
-        for module in [*comps.values(), up]:
-            if isinstance(module, torch.nn.Module):
+        for name, module in [*comps.items(), ("latent_upsampler", up)]:
+            if isinstance(module, torch.nn.Module) and not (offload and name == "text_encoder"):
                 module.to(dev)
-        return cls(comps, up, device=dev, random_weights=False, source=profile.weights, stg_blocks=stg_blocks)
+        # Full-size decoding in spatial tiles (512 px, blended): without it a 1080p clip's VAE decode
+        # needs far more memory than the denoiser (the reference two-stage recipe does the same).
+        comps["vae"].enable_tiling()
+        return cls(comps, up, device=dev, random_weights=False, source=profile.weights, **opts)
 
     def _pipeline(self, kind: str, stage: int) -> Any:
         """The pipeline for ``kind`` (t2v / i2v / keyframes / upsample) and stage, built once, sharing components."""
@@ -289,13 +298,20 @@ class LTX2Engine:
         pipe = self._pipeline("t2v", 1)
         gs = guidance["guidance_scale"]
         cfg = gs > 1.0 or (guidance["audio_guidance_scale"] or gs) > 1.0
-        pe, pm, ne, nm = pipe.encode_prompt(
-            prompt=prompt,
-            negative_prompt=job.negative_prompt,
-            do_classifier_free_guidance=cfg,
-            max_sequence_length=job.max_sequence_length,
-            device=self.device,
-        )
+        text_encoder = self._components["text_encoder"]
+        if self.offload_text_encoder:
+            text_encoder.to(self.device)
+        try:
+            pe, pm, ne, nm = pipe.encode_prompt(
+                prompt=prompt,
+                negative_prompt=job.negative_prompt,
+                do_classifier_free_guidance=cfg,
+                max_sequence_length=job.max_sequence_length,
+                device=self.device,
+            )
+        finally:
+            if self.offload_text_encoder:
+                text_encoder.to("cpu")
         embeds = {"prompt_embeds": pe, "prompt_attention_mask": pm}
         if cfg:
             embeds |= {"negative_prompt_embeds": ne, "negative_prompt_attention_mask": nm}

@@ -317,20 +317,24 @@ def build_tiny_latent_upsampler(seed: int = 0) -> Any:
         )
 
 
-def build_dummy_components(device: str, dtype: torch.dtype, seed: int = 0) -> dict[str, Any]:
+def build_dummy_components(
+    device: str, dtype: torch.dtype, seed: int = 0, *, text_encoder_device: str | None = None
+) -> dict[str, Any]:
     """The released LTX-2 (19B) architecture with random weights, built on ``device`` in ``dtype``.
 
     Parameters are created directly on the device (no host copy), so on a GPU this takes seconds.
     ``device="meta"`` builds the structure without any memory (used by tests to check the shapes).
+    ``text_encoder_device`` puts the 12B text encoder elsewhere (``"cpu"`` when it is offloaded).
     """
     import torch
 
     diffusers, ltx2, transformers = lib("diffusers"), lib("diffusers.pipelines.ltx2"), lib("transformers")
     tokenizer = build_tokenizer()
-    with _seeded(seed), torch.device(device), _default_dtype(dtype):
+    with _seeded(seed), torch.device(text_encoder_device or device), _default_dtype(dtype):
         text_encoder = transformers.Gemma3ForConditionalGeneration(
             transformers.Gemma3Config(text_config=dict(_GEMMA3_12B_TEXT), vision_config=dict(_GEMMA3_12B_VISION))
         ).eval()
+    with _seeded(seed + 1), torch.device(device), _default_dtype(dtype):
         # No-argument defaults of these classes are the released LTX-2.0 configuration.
         transformer = diffusers.LTX2VideoTransformer3DModel()
         connectors = ltx2.LTX2TextConnectors()
