@@ -86,7 +86,7 @@ def test_rotation_new_key_works_old_one_revoked(db: Database) -> None:
     old = _issue(db)
 
     def rotate(conn: Any) -> keys.IssuedKey:
-        new = keys.issue_key(conn, old.account_id, "rotated", PEPPER, now=T0)
+        new = keys.issue_key(conn, old.account_id, "rotated", PEPPER, now=T0 + timedelta(seconds=1))
         keys.revoke_key(conn, old.key_id, T0)
         return new
 

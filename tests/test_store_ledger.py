@@ -3,6 +3,7 @@ drift detection, and a state machine over the whole task lifecycle (RELIABILITY 
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import threading
 from collections import Counter
@@ -29,6 +30,7 @@ from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.store import keys, ledger, tasks
 from reelgen.store.db import Database
 from reelgen.store.tables import accounts, ledger_entries, movements
+from reelgen.store.tables import tasks as tasks_table
 from tests.store_fixtures import T0, reserve_in_process, submit
 
 
@@ -133,11 +135,9 @@ def test_reserve_before_the_task_row_exists_is_allowed_in_one_transaction(db: Da
     def go(conn: Any) -> str:
         task_id = "f" * 32
         ledger.reserve(conn, account, task_id, 50, T0)
-        conn.execute(
-            sa.insert(tasks.tasks).values(
-                id=task_id, account_id=account, model="m", profile="p", status="pending", input="{}",
-                prompt="p", price=50, seed=1, max_attempts=1, created_at=T0,
-            )
+        tasks.create(
+            conn, account_id=account, model="m", profile="p", input={}, prompt="p", price=50, seed=1,
+            max_attempts=1, now=T0, task_id=task_id,
         )  # fmt: skip
         return task_id
 
@@ -151,7 +151,7 @@ def test_bad_amounts_and_unknown_accounts_are_refused(db: Database) -> None:
     account = _account(db)
     for amount in (0, -5, True, 2.5):
         with pytest.raises(ReelgenError) as info:
-            db.run(lambda c, a=amount: ledger.grant(c, account, a, T0), immediate=True)
+            db.run(functools.partial(ledger.grant, account_id=account, amount=amount, now=T0), immediate=True)  # type: ignore[arg-type]
         assert info.value.code is ErrorCode.INVALID_INPUT
     for call in (
         lambda c: ledger.grant(c, "nobody", 10, T0),
@@ -520,7 +520,7 @@ def _machine(db: Database) -> type[RuleBasedStateMachine]:
                 n_mov = conn.execute(sa.select(sa.func.count()).select_from(movements)).scalar_one()
                 n_ent = conn.execute(sa.select(sa.func.count()).select_from(ledger_entries)).scalar_one()
                 bal = {a: asdict(ledger.balance(conn, a)) for a in self.balances}
-                states = dict(conn.execute(sa.select(tasks.tasks.c.id, tasks.tasks.c.status)).all())
+                states = dict(conn.execute(sa.select(tasks_table.c.id, tasks_table.c.status)).all())
                 return problems, (n_mov, n_ent), bal, states
 
             problems, (n_mov, n_ent), bal, states = db.run(read)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -369,7 +370,7 @@ def test_cancel_refuses_running_and_finished_tasks(db: Database) -> None:
     _complete(db, done.id, 1)
     for task_id in (running.id, done.id):
         with pytest.raises(ReelgenError) as info:
-            db.run(lambda c, t=task_id: tasks.cancel(c, t, T0), immediate=True)
+            db.run(functools.partial(tasks.cancel, task_id=task_id, now=T0), immediate=True)
         assert info.value.code is ErrorCode.NOT_CANCELLABLE
     with pytest.raises(ReelgenError) as info:
         db.run(lambda c: tasks.cancel(c, "0" * 32, T0), immediate=True)
@@ -386,7 +387,7 @@ def test_list_for_account_is_newest_first_with_a_cursor(db: Database) -> None:
     pages: list[list[tasks.TaskRow]] = []
     cursor: tuple[datetime, str] | None = None
     while True:
-        page = db.run(lambda c, b=cursor: tasks.list_for_account(c, account, limit=3, before=b))
+        page = db.run(functools.partial(tasks.list_for_account, account_id=account, limit=3, before=cursor))
         if not page:
             break
         pages.append(page)

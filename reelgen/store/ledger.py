@@ -18,10 +18,11 @@ locked with ``SELECT ... FOR UPDATE`` before any balance is read.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, case, func, insert, literal, or_, select, update
 
@@ -29,7 +30,7 @@ from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.store.tables import accounts, ledger_entries, movements, tasks
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement
+    from sqlalchemy import ColumnElement, Select
     from sqlalchemy.engine import Connection, RowMapping
 
 __all__ = ["Balance", "balance", "balance_from_entries", "capture", "check", "grant", "release", "reserve"]
@@ -192,14 +193,19 @@ def balance(conn: Connection, account_id: str) -> Balance:
     return Balance(int(row.available), int(row.reserved), int(row.captured), int(row.granted))
 
 
-def _entry_sums(conn: Connection, account_id: str | None = None) -> dict[str, dict[str, int]]:
-    """account id -> bucket -> sum of entries, the system side attributed through the movement."""
+@functools.cache
+def _sums_query() -> Select[Any]:
     owner = func.coalesce(ledger_entries.c.account_id, movements.c.account_id)
-    stmt = (
+    return (
         select(owner.label("owner"), ledger_entries.c.bucket, func.sum(ledger_entries.c.amount))
         .select_from(ledger_entries.join(movements, movements.c.id == ledger_entries.c.movement_id))
         .group_by(owner, ledger_entries.c.bucket)
     )
+
+
+def _entry_sums(conn: Connection, account_id: str | None = None) -> dict[str, dict[str, int]]:
+    """account id -> bucket -> sum of entries, the system side attributed through the movement."""
+    stmt = _sums_query()
     if account_id is not None:
         stmt = stmt.where(
             or_(
@@ -273,28 +279,25 @@ def _entry_fits(kind: str) -> ColumnElement[bool]:
     )
 
 
-def _check_movements(conn: Connection) -> list[str]:
-    """I2: each movement has exactly its two entries and they sum to zero."""
+@functools.cache
+def _movement_problems_query() -> Select[Any]:
+    """Movements whose entries are not exactly the two their kind prescribes."""
     fits = or_(*(_entry_fits(kind) for kind in _ENTRIES))
-    stmt = (
-        select(
-            movements.c.id,
-            movements.c.kind,
-            func.count(ledger_entries.c.id).label("n"),
-            func.coalesce(func.sum(ledger_entries.c.amount), 0).label("total"),
-            func.coalesce(func.sum(case((fits, 0), else_=1)), 0).label("misfits"),
-        )
+    n = func.count(ledger_entries.c.id)
+    total = func.coalesce(func.sum(ledger_entries.c.amount), 0)
+    misfits = func.coalesce(func.sum(case((fits, 0), else_=1)), 0)
+    return (
+        select(movements.c.id, movements.c.kind, n.label("n"), total.label("total"), misfits.label("misfits"))
         .select_from(movements.outerjoin(ledger_entries, ledger_entries.c.movement_id == movements.c.id))
         .group_by(movements.c.id, movements.c.kind)
-        .having(
-            or_(
-                func.count(ledger_entries.c.id) != 2,
-                func.coalesce(func.sum(ledger_entries.c.amount), 0) != 0,
-                func.coalesce(func.sum(case((fits, 0), else_=1)), 0) != literal(0),
-            )
-        )
+        .having(or_(n != 2, total != 0, misfits != literal(0)))
         .order_by(movements.c.id)
     )
+
+
+def _check_movements(conn: Connection) -> list[str]:
+    """I2: each movement has exactly its two entries and they sum to zero."""
+    stmt = _movement_problems_query()
     problems = []
     for row in conn.execute(stmt):
         what = []
@@ -308,21 +311,21 @@ def _check_movements(conn: Connection) -> list[str]:
     return problems
 
 
-def _check_holds(conn: Connection) -> list[str]:
-    """I4: one reserve per task, resolved once and the right way for its state."""
+def _count(kind: str) -> ColumnElement[int]:
+    return func.coalesce(func.sum(case((movements.c.kind == kind, 1), else_=0)), 0)
 
-    def count(kind: str) -> ColumnElement[int]:
-        return func.coalesce(func.sum(case((movements.c.kind == kind, 1), else_=0)), 0)
 
+@functools.cache
+def _hold_problems_query() -> Select[Any]:
+    """Tasks whose movements do not match their state: the SQL form of I4."""
+    held = func.coalesce(func.sum(case((movements.c.kind == "reserve", movements.c.amount), else_=0)), 0)
     per_task = (
         select(
             movements.c.task_id,
-            count("reserve").label("reserves"),
-            count("capture").label("captures"),
-            count("release").label("releases"),
-            func.coalesce(func.sum(case((movements.c.kind == "reserve", movements.c.amount), else_=0)), 0).label(
-                "held"
-            ),
+            _count("reserve").label("reserves"),
+            _count("capture").label("captures"),
+            _count("release").label("releases"),
+            held.label("held"),
             func.min(movements.c.amount).label("lo"),
             func.max(movements.c.amount).label("hi"),
             func.min(movements.c.account_id).label("acc_lo"),
@@ -332,52 +335,41 @@ def _check_holds(conn: Connection) -> list[str]:
         .group_by(movements.c.task_id)
         .subquery()
     )
-    rows = conn.execute(
-        select(
-            tasks.c.id,
-            tasks.c.status,
-            tasks.c.price,
-            tasks.c.account_id,
-            per_task.c.reserves,
-            per_task.c.captures,
-            per_task.c.releases,
-            per_task.c.held,
-            per_task.c.lo,
-            per_task.c.hi,
-            per_task.c.acc_lo,
-            per_task.c.acc_hi,
-        )
-        .select_from(tasks.outerjoin(per_task, per_task.c.task_id == tasks.c.id))
+    p = per_task.c
+    return (
+        select(tasks.c.id, tasks.c.status, tasks.c.price, tasks.c.account_id, *(c for c in p if c.name != "task_id"))
+        .select_from(tasks.outerjoin(per_task, p.task_id == tasks.c.id))
         .where(
             or_(
-                func.coalesce(per_task.c.reserves, 0) != 1,
-                per_task.c.held != tasks.c.price,
-                per_task.c.lo != per_task.c.hi,
-                per_task.c.acc_lo != tasks.c.account_id,
-                per_task.c.acc_hi != tasks.c.account_id,
-                and_(
-                    tasks.c.status == "completed",
-                    or_(per_task.c.captures != 1, per_task.c.releases != 0),
-                ),
-                and_(
-                    tasks.c.status.in_(("failed", "cancelled")),
-                    or_(per_task.c.releases != 1, per_task.c.captures != 0),
-                ),
-                and_(
-                    tasks.c.status.in_(("pending", "processing")),
-                    or_(per_task.c.captures != 0, per_task.c.releases != 0),
-                ),
+                func.coalesce(p.reserves, 0) != 1,
+                p.held != tasks.c.price,
+                p.lo != p.hi,
+                p.acc_lo != tasks.c.account_id,
+                p.acc_hi != tasks.c.account_id,
+                and_(tasks.c.status == "completed", or_(p.captures != 1, p.releases != 0)),
+                and_(tasks.c.status.in_(("failed", "cancelled")), or_(p.releases != 1, p.captures != 0)),
+                and_(tasks.c.status.in_(("pending", "processing")), or_(p.captures != 0, p.releases != 0)),
             )
         )
         .order_by(tasks.c.id)
-    ).all()
-    problems = [_describe_hold(row._mapping) for row in rows]
-    orphans = conn.execute(
+    )
+
+
+@functools.cache
+def _orphans_query() -> Select[Any]:
+    return (
         select(movements.c.id, movements.c.task_id)
         .select_from(movements.outerjoin(tasks, tasks.c.id == movements.c.task_id))
         .where(movements.c.task_id.is_not(None), tasks.c.id.is_(None))
         .order_by(movements.c.id)
-    ).all()
+    )
+
+
+def _check_holds(conn: Connection) -> list[str]:
+    """I4: one reserve per task, resolved once and the right way for its state."""
+    rows = conn.execute(_hold_problems_query()).all()
+    problems = [_describe_hold(row._mapping) for row in rows]
+    orphans = conn.execute(_orphans_query()).all()
     problems += [f"I4 movement {m.id} names task {m.task_id}, which does not exist" for m in orphans]
     return problems
 

@@ -136,13 +136,18 @@ def create(
     seed: int,
     max_attempts: int,
     now: datetime,
+    task_id: str | None = None,
 ) -> TaskRow:
-    """Insert a pending task. Reserve its price with ``ledger.reserve`` in the same transaction."""
+    """Insert a pending task. Reserve its price with ``ledger.reserve`` in the same transaction
+    (before or after: the hold's reference to the task is checked at commit).
+
+    ``task_id`` defaults to a new random UUID4 hex (122 random bits); pass one only to reserve first.
+    """
     if isinstance(price, bool) or not isinstance(price, int) or price <= 0:
         raise ValueError(f"price must be a positive number of credits (got {price!r})")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1 (got {max_attempts})")
-    task_id = uuid.uuid4().hex
+    task_id = task_id or uuid.uuid4().hex
     conn.execute(
         insert(tasks).values(
             id=task_id,
