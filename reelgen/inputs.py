@@ -407,7 +407,7 @@ def _pin(url: ParsedURL, policy: FetchPolicy, resolver: Resolver, deadline: floa
         raise _refuse(FETCH_FAILED_MESSAGE) from None
     addresses: list[IPAddress] = []
     for info in infos:
-        text = str(info[4][0]).partition("%")[0]
+        text = str(info[4][0])  # a scoped answer ("fe80::1%eth0") parses, and is refused
         try:
             addr = ipaddress.ip_address(text)
         except ValueError:
@@ -544,7 +544,9 @@ def _read_body(response: httpcore.Response, policy: FetchPolicy) -> bytes:
     return body.getvalue()
 
 
-def _request(url: ParsedURL, backend: _PinnedBackend, policy: FetchPolicy, ssl_context: ssl.SSLContext) -> bytes | str:
+def _request(
+    url: ParsedURL, backend: _PinnedBackend, policy: FetchPolicy, ssl_context: ssl.SSLContext | None
+) -> bytes | str:
     """One GET without following redirects: the body, or the ``Location`` to go to next."""
     headers = [
         (b"Host", url.host_header.encode("ascii")),
@@ -591,16 +593,16 @@ def fetch_image_bytes(
 
     ``connect_override`` is a test-only hook (leave it ``None``): it maps the pinned
     ``(ip, port)`` to the address actually dialled, so a test can serve a public-looking name
-    from a local server. ``ssl_context`` defaults to certifi's CA bundle.
+    from a local server. ``ssl_context`` defaults to httpcore's (certifi's CA bundle), built only
+    for https.
     """
     deadline = time.monotonic() + policy.deadline
-    context = ssl_context if ssl_context is not None else httpcore.default_ssl_context()
     current = validate_url(url, policy)
     for hop in range(policy.max_redirects + 1):
         addresses = _pin(current, policy, resolver, deadline)
         backend = _PinnedBackend(addresses, current.port, deadline, policy.connect_timeout, connect_override)
         try:
-            outcome = _request(current, backend, policy, context)
+            outcome = _request(current, backend, policy, ssl_context)
         except _NETWORK_ERRORS as exc:
             _log.info("image fetch: %s failed: %s: %s", current.host, type(exc).__name__, exc)
             raise _refuse(FETCH_FAILED_MESSAGE) from None

@@ -832,6 +832,16 @@ def test_https_certificate_for_another_host_is_rejected(serve: Serve, tls_ca: An
     assert "Hostname mismatch" in why()
 
 
+def test_https_verifies_certificates_by_default(serve: Serve, tls_ca: Any, why: Callable[[], str]) -> None:
+    server = tls_server(serve, tls_ca, HOST, [])  # right host name, but a CA nobody trusts
+    resolver, dialer = FakeDNS({HOST: [[PUBLIC_IP]]}), Dialer({(PUBLIC_IP, 443): server.port})
+    err = fetch_error(
+        lambda: fetch_image_bytes(f"https://{HOST}/a.png", FetchPolicy(), resolver=resolver, connect_override=dialer)
+    )
+    assert err.message == FETCH_FAILED_MESSAGE
+    assert "CERTIFICATE_VERIFY_FAILED" in why()
+
+
 # ----------------------------------------------------------------------------------------------
 # RELIABILITY 14: fetch limits
 # ----------------------------------------------------------------------------------------------
