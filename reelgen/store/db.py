@@ -7,7 +7,7 @@ SQLite (the embedded default) runs in WAL mode with a busy timeout and foreign k
 connection; SQLAlchemy emits ``BEGIN`` itself so that money-moving transactions can take the write
 lock up front (``BEGIN IMMEDIATE``) and serialise cleanly instead of failing at their first write.
 On PostgreSQL transactions are ordinary READ COMMITTED ones; the ledger locks the account row
-(``SELECT ... FOR UPDATE``) where money moves and the queue uses ``FOR UPDATE SKIP LOCKED``.
+(``SELECT ... FOR NO KEY UPDATE``) where money moves and the queue uses ``FOR UPDATE SKIP LOCKED``.
 
 Transient failures (SQLite busy/locked, PostgreSQL serialization failures, deadlocks, dropped
 connections) are retried a few times with backoff; once retries run out the caller gets

@@ -13,7 +13,7 @@ finish a no-op, and the check under the account lock refuses the other resolutio
 
 Every function takes the caller's connection and runs inside its transaction; on SQLite call them
 in an immediate transaction (``db.run(fn, immediate=True)``), on PostgreSQL the account row is
-locked with ``SELECT ... FOR UPDATE`` before any balance is read.
+locked with ``SELECT ... FOR NO KEY UPDATE`` before any balance is read.
 """
 
 from __future__ import annotations
