@@ -301,3 +301,14 @@ def test_tiny_builds_are_identical() -> None:
     # and the real compression geometry
     assert a["vae"].spatial_compression_ratio == 32 and a["vae"].temporal_compression_ratio == 8
     assert a["audio_vae"].config.sample_rate == 16000 and a["audio_vae"].config.mel_hop_length == 160
+
+
+def test_full_size_dummy_that_cannot_fit_is_refused_up_front() -> None:
+    import os
+
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if ram >= 130 * 2**30:
+        pytest.skip("this host could hold the full-size fp32 dummy; not building 128 GiB in a test")
+    with pytest.raises(ReelgenError) as err:
+        load_engine(get_profile("ltx-2"), device="cpu", load_format="dummy")
+    assert err.value.code == ErrorCode.INVALID_SETTINGS and "GiB" in err.value.message

@@ -180,6 +180,7 @@ class LTX2Engine:
         if load_format == "dummy":
             from reelgen.engines.tiny import build_dummy_components, build_dummy_latent_upsampler
 
+            _check_dummy_fits(dev, dtype, offload)
             comps = build_dummy_components(dev, dtype, text_encoder_device="cpu" if offload else None)
             up = build_dummy_latent_upsampler(dev, dtype) if needs_upsampler else None
             comps["vae"].enable_tiling()
@@ -399,6 +400,34 @@ class LTX2Engine:
         mel = audio_vae.decode(latents.to(device=self.device, dtype=audio_vae.dtype), return_dict=False)[0]
         wave = vocoder(mel.to(vocoder.dtype))[0]
         return wave.float().cpu().numpy()  # type: ignore[no-any-return]
+
+
+def _check_dummy_fits(device: str, dtype: torch.dtype, offload_text_encoder: bool) -> None:
+    """Refuse a full-size dummy build that cannot fit, before allocating tens of GB."""
+    import os
+
+    import torch
+
+    from reelgen.engines.tiny import build_dummy_components, build_dummy_latent_upsampler
+
+    size = torch.empty((), dtype=dtype).element_size()
+    comps = build_dummy_components("meta", dtype)  # shapes only, no memory
+    counts = {k: sum(p.numel() for p in v.parameters()) for k, v in comps.items() if isinstance(v, torch.nn.Module)}
+    counts["latent_upsampler"] = sum(p.numel() for p in build_dummy_latent_upsampler("meta", dtype).parameters())
+    on_device = sum(n for k, n in counts.items() if not (offload_text_encoder and k == "text_encoder")) * size
+    if device.startswith("cuda"):
+        have = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        where = f"{device} has {have / 2**30:.0f} GiB"
+    else:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        where = f"this host has {have / 2**30:.0f} GiB of RAM"
+    if on_device > have:
+        hint = "" if offload_text_encoder or not device.startswith("cuda") else " (try offload_text_encoder = true)"
+        raise ReelgenError(
+            ErrorCode.INVALID_SETTINGS,
+            f"the full-size dummy weights need {on_device / 2**30:.0f} GiB but {where}{hint}; "
+            "use the ltx-2-tiny profile for a small random-weight engine",
+        )
 
 
 def _images(kind: str, start: Image.Image | None, end: Image.Image | None, width: int, height: int) -> dict[str, Any]:
