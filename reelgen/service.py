@@ -73,6 +73,8 @@ class Context:
     storage: Storage
     secret: str
     clock: Callable[[], datetime] = field(default=utcnow)
+    #: Called after a task is committed (the executor wakes an idle worker instead of waiting for its poll).
+    on_submit: Callable[[], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, storage: Storage | None = None) -> Context:
@@ -157,6 +159,8 @@ def submit(ctx: Context, account_id: str, body: Any, *, idempotency_key: str | N
         return row, remaining
 
     row, remaining = ctx.db.run(create, immediate=True)
+    if ctx.on_submit is not None:
+        ctx.on_submit()
     return {
         "id": row.id,
         "model": row.model,

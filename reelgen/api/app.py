@@ -74,6 +74,7 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
 
             executor = pick(settings)
             executor.start()
+            context.on_submit = executor.notify
         app.state.executor = executor
         try:
             yield
