@@ -532,7 +532,7 @@ def _header(response: httpcore.Response, name: bytes) -> str | None:
 
 def _read_body(response: httpcore.Response, policy: FetchPolicy) -> bytes:
     declared = _header(response, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > policy.max_bytes:
+    if declared is not None and re.fullmatch(r"[0-9]{1,30}", declared) and int(declared) > policy.max_bytes:
         _log.info("image fetch: Content-Length %s declares more than %d bytes", declared, policy.max_bytes)
         raise _refuse(FETCH_FAILED_MESSAGE)  # an early no; a small claim is never trusted
     body = io.BytesIO()
