@@ -792,6 +792,7 @@ def test_open_and_closed_loopback_ports_look_the_same_under_the_default_policy(s
 @pytest.fixture(scope="module")
 def tls_ca() -> Any:
     import trustme
+
     return trustme.CA()
 
 
