@@ -9,7 +9,8 @@ Stages: engine load, text encoding, every denoising step (stage 1 and stage 2), 
 video VAE decode, audio decode (audio VAE + vocoder), muxing (H.264/AAC encode + MP4 write).
 Memory: peak RSS of this process (CPU) and ``torch.cuda.max_memory_allocated`` (GPU) during the
 measured run. By default one warm-up generation runs first, so first-call costs (lazy kernel and
-allocator set-up) are not counted as steps; ``--warmup 0`` measures a cold run. Results go to
+allocator set-up) are not counted as steps; ``--warmup 0`` measures a cold run. On a shared machine,
+``--repeat N`` measures N runs and reports the fastest. Results go to
 BENCHMARKS.md by hand; nothing here is asserted.
 """
 
@@ -52,6 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--aspect-ratio", choices=["16:9", "9:16", "1:1"], default="16:9")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=1, help="generations before the measured one (default 1)")
+    ap.add_argument("--repeat", type=int, default=1, help="measured runs; the fastest is reported (default 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     return ap.parse_args(argv)
@@ -89,10 +91,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        timings: list[tuple[str, float]] = []
-        t0 = time.perf_counter()
-        info = render(job, engine, Path(tmp) / "bench.mp4", timings=timings)
-        total_s = time.perf_counter() - t0
+        best: tuple[float, list[tuple[str, float]], Any] | None = None
+        for i in range(max(1, args.repeat)):
+            timings: list[tuple[str, float]] = []
+            t0 = time.perf_counter()
+            info = render(job, engine, Path(tmp) / f"bench{i}.mp4", timings=timings)
+            total = time.perf_counter() - t0
+            if best is None or total < best[0]:
+                best = (total, timings, info)
+        assert best is not None
+        total_s, timings, info = best
     steps = {name: [round(s, 4) for n, s in timings if n == name] for name in ("stage1_step", "stage2_step")}
     stages: dict[str, float] = {}
     for name, seconds in timings:
@@ -123,6 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         "random_weights": engine.random_weights,
         "warmup_runs": args.warmup,
+        "measured_runs": max(1, args.repeat),
         "load_s": round(load_s, 3),
         "total_s": round(total_s, 3),
         "stages_s": {k: round(v, 4) for k, v in stages.items()},

@@ -98,6 +98,8 @@ class _Progress:
     total: int
     on_step: StepCallback | None
     timings: list[tuple[str, float]]
+    #: waits for queued device work, so a step's time is the device's, not the launch's
+    sync: Callable[[], None]
     done: int = 0
     stage: str = "stage1_step"
     mark: float | None = field(default=None)
@@ -108,9 +110,11 @@ class _Progress:
     def before_forward(self, *_: Any, **__: Any) -> None:
         # The first transformer forward of a stage starts its first step's clock.
         if self.mark is None:
+            self.sync()
             self.mark = time.perf_counter()
 
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self.sync()
         now = time.perf_counter()
         self.timings.append((self.stage, now - (self.mark if self.mark is not None else now)))
         self.mark = now
@@ -148,6 +152,8 @@ class LTX2Engine:
         self.stg_blocks = stg_blocks or [DEFAULT_STG_BLOCK if layers > DEFAULT_STG_BLOCK else layers - 1]
         self.sample_rate = int(components["vocoder"].config.output_sampling_rate)
         self._pipes: dict[tuple[str, int], Any] = {}
+        cuda = self.device.type == "cuda"
+        self._sync: Callable[[], None] = (lambda: torch.cuda.synchronize(self.device)) if cuda else (lambda: None)
 
     # -- loading ----------------------------------------------------------------------------
     @classmethod
@@ -227,9 +233,8 @@ class LTX2Engine:
         start = job.start_image if index == 0 else None
         end = job.end_image if index == len(job.segments) - 1 else None
         timings: list[tuple[str, float]] = []
-        progress = _Progress(
-            total=job.steps + (len(job.stage2_sigmas) if job.two_stage else 0), on_step=on_step, timings=timings
-        )
+        total = job.steps + (len(job.stage2_sigmas) if job.two_stage else 0)
+        progress = _Progress(total=total, on_step=on_step, timings=timings, sync=self._sync)
         hook = self._components["transformer"].register_forward_pre_hook(progress.before_forward)
         try:
             with torch.no_grad():
@@ -288,10 +293,11 @@ class LTX2Engine:
             raise ReelgenError(ErrorCode.INVALID_INPUT, "an end image needs a start image")
         return index
 
-    @staticmethod
-    def _timed(timings: list[tuple[str, float]], name: str, fn: Callable[[], Any]) -> Any:
+    def _timed(self, timings: list[tuple[str, float]], name: str, fn: Callable[[], Any]) -> Any:
+        self._sync()
         t0 = time.perf_counter()
         result = fn()
+        self._sync()
         timings.append((name, time.perf_counter() - t0))
         return result
 
