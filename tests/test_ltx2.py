@@ -312,3 +312,19 @@ def test_full_size_dummy_that_cannot_fit_is_refused_up_front() -> None:
     with pytest.raises(ReelgenError) as err:
         load_engine(get_profile("ltx-2"), device="cpu", load_format="dummy")
     assert err.value.code == ErrorCode.INVALID_SETTINGS and "GiB" in err.value.message
+
+
+def test_multi_shot_images_go_to_the_first_and_last_shots(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    shots = [{"prompt": "it wakes", "duration": 1}, {"prompt": "it runs", "duration": 2}]
+    job = job_for(tiny_profile, seed=4, multi_shots=True, multi_prompt=shots)
+    start = picture(job.width, job.height, 1)
+    one = replace(job, start_image=start, end_image=picture(job.width, job.height, 2))
+    two = replace(job, start_image=start, end_image=picture(job.width, job.height, 3))
+    first_one, first_two = (tiny_engine.generate(j, j.segments[0]) for j in (one, two))
+    last_one, last_two = (tiny_engine.generate(j, j.segments[1]) for j in (one, two))
+    # the end frame conditions only the last shot; the start frame only the first
+    np.testing.assert_array_equal(first_one.frames, first_two.frames)
+    assert not np.array_equal(last_one.frames, last_two.frames)
+    no_start = replace(one, start_image=picture(job.width, job.height, 9))
+    np.testing.assert_array_equal(tiny_engine.generate(no_start, no_start.segments[1]).frames, last_one.frames)
+    assert last_one.frames.shape == (48, job.height, job.width, 3)

@@ -329,7 +329,8 @@ class LTX2Engine:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        kind = "keyframes" if start is not None and end is not None else "i2v" if start is not None else "t2v"
+        # An end frame (alone: the last shot of a multi-shot job) needs the keyframe pipeline.
+        kind = "keyframes" if end is not None else "i2v" if start is not None else "t2v"
         guidance = {k: float(v) for k, v in UNGUIDED.items()}
         guidance |= {"guidance_rescale": 0.7, "audio_guidance_rescale": 0.7}  # the pipelines' defaults
         guidance |= job.guidance
@@ -438,22 +439,19 @@ def _check_dummy_fits(device: str, dtype: torch.dtype, offload_text_encoder: boo
 
 def _images(kind: str, start: Image.Image | None, end: Image.Image | None, width: int, height: int) -> dict[str, Any]:
     """Pipeline arguments carrying the conditioning images, fitted to ``width`` x ``height``."""
-    if kind == "t2v" or start is None:
-        return {}
     from reelgen.inputs import fit_image
 
-    first = start if start.size == (width, height) else fit_image(start, width, height)
-    if kind == "i2v" or end is None:
-        return {"image": first}
+    def fit(img: Image.Image) -> Image.Image:
+        return img if img.size == (width, height) else fit_image(img, width, height)
+
+    if kind == "i2v" and start is not None:
+        return {"image": fit(start)}
+    if kind != "keyframes":
+        return {}
     condition = lib("diffusers.pipelines.ltx2.pipeline_ltx2_condition").LTX2VideoCondition
-    last = end if end.size == (width, height) else fit_image(end, width, height)
     # Indices are latent frames: 0 is the first frame, -1 the last.
-    return {
-        "conditions": [
-            condition(frames=first, index=0, strength=1.0),
-            condition(frames=last, index=-1, strength=1.0),
-        ]
-    }
+    keyframes = [(img, index) for img, index in ((start, 0), (end, -1)) if img is not None]
+    return {"conditions": [condition(frames=fit(img), index=index, strength=1.0) for img, index in keyframes]}
 
 
 def _fit_samples(audio: np.ndarray, samples: int) -> np.ndarray:
