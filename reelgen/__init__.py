@@ -1,13 +1,52 @@
 """reelgen: a self-hostable, VicSee Kling 3.0-compatible video-generation API.
 
-This package's top level is the SDK surface only; the server lives in submodules and needs the
-``reelgen[server]`` extra.
+This package's top level is the SDK surface only (httpx and pydantic, nothing heavier): the
+clients, the one error type with its codes, and the wire models shared with the server. The
+server lives in submodules and needs the ``reelgen[server]`` extra.
 """
 
 from __future__ import annotations
 
+from reelgen.client import AsyncClient, Client, Task
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.schemas import (
+    AspectRatio,
+    CreditsView,
+    DownloadView,
+    GenerateAccepted,
+    GenerateInput,
+    GenerateRequest,
+    Mode,
+    ModelView,
+    PriceTable,
+    Shot,
+    TaskError,
+    TaskOutput,
+    TaskResult,
+    TaskView,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["ErrorCode", "ReelgenError", "__version__"]
+__all__ = [
+    "AspectRatio",
+    "AsyncClient",
+    "Client",
+    "CreditsView",
+    "DownloadView",
+    "ErrorCode",
+    "GenerateAccepted",
+    "GenerateInput",
+    "GenerateRequest",
+    "Mode",
+    "ModelView",
+    "PriceTable",
+    "ReelgenError",
+    "Shot",
+    "Task",
+    "TaskError",
+    "TaskOutput",
+    "TaskResult",
+    "TaskView",
+    "__version__",
+]

@@ -210,11 +210,6 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    if args.command == "generate":
-        raise ReelgenError(
-            ErrorCode.INVALID_SETTINGS,
-            "reelgen generate runs in this process with --local (the HTTP client verbs are not built yet)",
-        )
     commands = {
         "serve": cmd_serve,
         "db": cmd_db,

@@ -1,36 +1,77 @@
-"""The ``reelgen`` command: operator verbs (serve, db, keys, credits, ledger) and user verbs (generate).
+"""The ``reelgen`` command.
 
-Heavy modules are imported inside each command, so ``reelgen --help`` stays fast and the SDK-only
-install can run the user verbs.
+Operator verbs (serve, db, keys, credits grant/show, ledger) work on the store directly; user
+verbs (generate, tasks get, credits, models) talk to a server's public API through the SDK, with
+``--server URL --api-key KEY`` or ``REELGEN_BASE_URL`` / ``REELGEN_API_KEY``; ``generate --local``
+runs the engine in this process. Heavy modules are imported inside each command, so ``reelgen
+--help`` stays fast and an SDK-only install (``pip install reelgen``) runs the user verbs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from reelgen.errors import ReelgenError
+from reelgen.errors import ErrorCode, ReelgenError
+
+if TYPE_CHECKING:
+    from reelgen.client import Client, Task
+
+#: Exit status by error code; every other error exits 2. Listed in ``--help`` and the README.
+EXIT_CODES: dict[str, int] = {
+    ErrorCode.MISSING_AUTH_HEADER: 3,
+    ErrorCode.INVALID_AUTH_FORMAT: 3,
+    ErrorCode.INVALID_KEY_FORMAT: 3,
+    ErrorCode.INVALID_API_KEY: 3,
+    ErrorCode.INSUFFICIENT_CREDITS: 4,
+    ErrorCode.TASK_FAILED: 5,
+    ErrorCode.WAIT_TIMEOUT: 6,
+    ErrorCode.CONNECTION_ERROR: 7,
+    ErrorCode.SERVICE_UNAVAILABLE: 7,
+    ErrorCode.RATE_LIMITED: 7,
+    ErrorCode.TASK_NOT_FOUND: 8,
+    ErrorCode.NO_RESULT: 8,
+}
+EXIT_HELP = """exit status:
+  0  done
+  1  ledger check found drift
+  2  usage or invalid input (bad flags, no API key given, INVALID_INPUT, ...)
+  3  the server refused the API key (INVALID_API_KEY, ...)
+  4  not enough credits (INSUFFICIENT_CREDITS)
+  5  the generation failed or was cancelled (TASK_FAILED)
+  6  still running when --timeout ran out (WAIT_TIMEOUT)
+  7  server unreachable or busy (CONNECTION_ERROR, SERVICE_UNAVAILABLE, RATE_LIMITED)
+  8  no such task, or no result yet (TASK_NOT_FOUND, NO_RESULT)
+130  interrupted
+Errors are one line on stderr: "error: CODE: message".
+"""
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory (REELGEN_DATA_DIR)")
-    p.add_argument(
-        "--database-url", help="SQLAlchemy URL (REELGEN_DATABASE_URL); default sqlite in the data dir"
-    )
+    p.add_argument("--database-url", help="SQLAlchemy URL (REELGEN_DATABASE_URL); default sqlite in the data dir")
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", metavar="URL", help="API base URL (REELGEN_BASE_URL; default http://127.0.0.1:8000)")
+    p.add_argument("--api-key", metavar="KEY", help="API key sk-... (REELGEN_API_KEY)")
 
 
 def _add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="what the video shows")
-    p.add_argument(
-        "--model", help="kling-3-0-text-to-video (default) or kling-3-0-image-to-video (with --image)"
-    )
+    p.add_argument("--model", help="kling-3-0-text-to-video (default) or kling-3-0-image-to-video (with --image)")
     p.add_argument("--duration", type=int, default=5, help="seconds, 3-15 (default 5)")
     p.add_argument("--mode", choices=["standard", "professional"], default="standard")
     p.add_argument("--no-audio", action="store_true", help="an MP4 with no audio stream")
-    p.add_argument(
-        "--aspect-ratio", choices=["16:9", "9:16", "1:1"], help="text-to-video only (default 16:9)"
-    )
+    p.add_argument("--aspect-ratio", choices=["16:9", "9:16", "1:1"], help="text-to-video only (default 16:9)")
     p.add_argument(
         "--image",
         action="append",
@@ -50,7 +91,9 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reelgen", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="reelgen", description=__doc__, epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the API server and its workers")
@@ -82,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_args(p)
     p.add_argument("--json", action="store_true")
 
-    credits = sub.add_parser("credits", help="account credits").add_subparsers(dest="action", required=True)
+    p = sub.add_parser("credits", help="your balance from the server; operators: credits grant / show")
+    _add_server_args(p)
+    p.add_argument("--json", action="store_true")
+    credits = p.add_subparsers(dest="action", required=False, metavar="{grant,show}")
     p = credits.add_parser("grant", help="grant credits to an account")
     _add_store_args(p)
     p.add_argument("--account", required=True)
@@ -96,8 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = ledger.add_parser("check", help="verify the ledger invariants; exit 1 on drift")
     _add_store_args(p)
 
-    p = sub.add_parser("generate", help="generate one video (locally with --local, or through a server)")
+    p = sub.add_parser(
+        "generate",
+        help="generate one video through a server (or in this process with --local)",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_input_args(p)
+    _add_server_args(p)
+    p.add_argument("--no-wait", action="store_true", help="print the task id and return at once")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the result (default 1800)")
     p.add_argument("--local", action="store_true", help="run the engine in this process, no server")
     p.add_argument("--profile", default="ltx-2-tiny", help="with --local: model profile")
     p.add_argument("--profiles-file", help="with --local: an operator's own profiles TOML")
@@ -105,21 +159,190 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
     p.add_argument("--device", default=None, help="with --local: cpu or cuda:N (default: cuda:0 if present)")
     p.add_argument("--seed", type=int, default=0, help="with --local: the generation seed")
+
+    tasks = sub.add_parser("tasks", help="your tasks on the server").add_subparsers(dest="action", required=True)
+    p = tasks.add_parser("get", help="a task's status; with -o, save its video")
+    _add_server_args(p)
+    p.add_argument("task_id")
+    p.add_argument("-o", "--output", help="save the MP4 here (the task must be completed)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("models", help="the server's models and prices")
+    _add_server_args(p)
+    p.add_argument("--json", action="store_true")
     return parser
 
 
+# ---------------------------------------------------------------------------------------------
+# User verbs: the public API through the SDK
+# ---------------------------------------------------------------------------------------------
+def _client(args: argparse.Namespace, *, key_required: bool = True) -> Client:
+    from reelgen.client import Client
+
+    if key_required and not (args.api_key or os.environ.get("REELGEN_API_KEY")):
+        raise ReelgenError(ErrorCode.INVALID_SETTINGS, "no API key: pass --api-key sk-... or set REELGEN_API_KEY")
+    return Client(args.api_key, base_url=args.server)
+
+
+def _emit(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _output_path(prompt: str) -> Path:
+    slug = "-".join(re.findall(r"[a-z0-9]+", prompt.lower())[:6]) or "video"
+    return Path(f"{slug}.mp4")
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    """A rich bar on stderr (status, progress, elapsed) while waiting; nothing when not enabled."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description:<12}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        row = bar.add_task("submitted", total=100)
+
+        def update(task: Task) -> None:
+            status = task.status
+            if task.status == "pending" and task.queuePosition is not None:
+                status = f"queued #{task.queuePosition + 1}"
+            bar.update(row, description=status, completed=task.progress or 0)
+
+        yield update
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from reelgen.generation import build_body
+
+    body = build_body(args)
+    with _client(args) as client:
+        task = client.generate(body["model"], **body["input"])
+        if args.no_wait:
+            if args.json:
+                _emit(task.model_dump(exclude_none=True))
+            else:
+                print(task.id)
+                print(
+                    f"task {task.id} {task.status}: {task.creditsUsed} credits reserved, "
+                    f"{task.creditsRemaining} left; follow it with: reelgen tasks get {task.id}",
+                    file=sys.stderr,
+                )
+            return 0
+        started = time.monotonic()
+        try:
+            with _progress(sys.stdout.isatty() and not args.json) as on_progress:
+                # Polls at most 2 s apart (not the SDK's 10 s): someone is watching the bar.
+                done = client.wait(task, timeout=args.timeout, max_interval=2.0, on_progress=on_progress)
+        except KeyboardInterrupt:
+            print(f"\nstopped waiting; the task goes on: reelgen tasks get {task.id}", file=sys.stderr)
+            raise
+        out = client.download(done, Path(args.output) if args.output else _output_path(args.prompt))
+        balance = client.credits()
+    elapsed = time.monotonic() - started
+    output = done.output
+    summary = {
+        "id": done.id,
+        "status": done.status,
+        "model": done.model,
+        "creditsUsed": done.creditsUsed,
+        "creditsRemaining": balance.credits,
+        "file": str(out),
+        "url": done.video_url,
+        "duration": output.duration if output else None,
+        "hasAudio": output.hasAudio if output else None,
+        "elapsedSeconds": round(elapsed, 1),
+    }
+    if args.json:
+        _emit(summary)
+        return 0
+    audio = "" if output is None or output.hasAudio is None else (", with audio" if output.hasAudio else ", no audio")
+    length = f"{output.duration:.1f} s" if output is not None and output.duration is not None else "video"
+    print(f"task {done.id} completed in {elapsed:.1f} s")
+    print(f"cost {done.creditsUsed} credits, {balance.credits} credits left")
+    print(f"wrote {out} ({length}{audio})")
+    return 0
+
+
+def _describe(task: Task) -> list[str]:
+    lines = [f"task {task.id}: {task.status} ({task.progress or 0}%)"]
+    if task.status == "pending" and task.queuePosition is not None:
+        lines.append(f"queue position: {task.queuePosition + 1}")
+    inp = task.input or {}
+    if task.model:
+        lines.append(f"model {task.model}, {inp.get('duration', '?')} s, {task.creditsUsed} credits")
+    if task.error is not None:
+        lines.append(f"error: {task.error.code}: {task.error.message}")
+    if task.video_url:
+        lines.append(f"url: {task.video_url}")
+    return lines
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        task = client.get(args.task_id)
+        out = client.download(task, args.output) if args.output else None
+    if args.json:
+        _emit({**task.model_dump(exclude_none=True), **({"file": str(out)} if out else {})})
+    else:
+        print("\n".join(_describe(task)) + (f"\nwrote {out}" if out else ""))
+    return 0
+
+
+def cmd_credits(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        balance = client.credits()
+    if args.json:
+        _emit(balance.model_dump())
+    else:
+        print(f"{balance.credits} credits available, {balance.reserved} reserved by running tasks")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    with _client(args, key_required=False) as client:
+        models = client.models()
+    if args.json:
+        _emit([m.model_dump(exclude_none=True) for m in models])
+        return 0
+    for m in models:
+        prices = ", ".join(f"{mode} {p.noAudio}/{p.audio}" for mode, p in m.pricing.items())
+        print(f"{m.id}  {m.minDuration}-{m.maxDuration} s  credits/s (no audio/audio): {prices}")
+    return 0
+
+
+def _user_verb(args: argparse.Namespace) -> Any:
+    if args.command == "generate" and not args.local:
+        return cmd_generate
+    if args.command == "credits" and args.action is None:
+        return cmd_credits
+    return {"tasks": cmd_tasks, "models": cmd_models}.get(args.command)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (see ``EXIT_HELP``)."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate" and args.local:
             from reelgen.generation import run_local
 
             return run_local(args)
+        verb = _user_verb(args)
+        if verb is not None:
+            result: int = verb(args)
+            return result
         from reelgen import admin
 
         return admin.dispatch(args)
     except ReelgenError as exc:
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        return 2
+        print(f"error: {exc.code}: {_one_line(exc.message)}", file=sys.stderr)
+        return EXIT_CODES.get(str(exc.code), 2)
     except KeyboardInterrupt:
         return 130

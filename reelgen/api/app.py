@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reelgen import __version__, service
@@ -20,6 +22,20 @@ from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import GenerateRequest
 
 log = logging.getLogger("reelgen.api")
+
+#: The playground: static files, no build step (``/`` is its page, ``/web/*`` its script and style).
+WEB_DIR = Path(__file__).parent / "web"
+#: The page holds an API key: no inline or third-party script, no framing, no referrer.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "media-src 'self' https: http: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'self'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class BodyLimit:
@@ -94,8 +110,10 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
     app.include_router(router)
 
     @app.get("/", include_in_schema=False)
-    def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    def playground() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
