@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# s3rver (Node.js): an S3 stand-in that checks presigned-URL expiry, for tests/test_storage_s3.py
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/node s3rver@3.7.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     # where things live
     data_dir: Path = Field(default=Path("reelgen-data"), description="SQLite file, outputs and secrets")
     database_url: str | None = Field(default=None, description="default: sqlite in the data dir")
+    storage: str = Field(default="local", description="local (files in the data dir) or s3://bucket/prefix")
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint; default AWS")
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
     # the HTTP server
     host: str = "127.0.0.1"
     port: int = 8000
@@ -31,7 +36,9 @@ class Settings(BaseSettings):
     weights: str | None = None
     load_format: Literal["auto", "dummy"] = "auto"
     # execution
-    executor: Literal["local"] = "local"
+    executor: Literal["local", "ray", "none"] = "local"
+    ray_address: str | None = Field(default=None, description="Ray cluster to join; default: start a local one")
+    ray_actors: int = Field(default=0, ge=0, description="engine actors; 0 = one per GPU in the Ray cluster")
     devices: str = "cpu"
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 5.0
@@ -44,6 +51,12 @@ class Settings(BaseSettings):
     allow_private_image_hosts: bool = False
     image_fetch_timeout_seconds: float = 20.0
     max_image_bytes: int = 20 * 1024 * 1024
+    # webhooks (callback_url): retries with exponential backoff and jitter, then the endpoint rests
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_disable_after: int = Field(default=5, ge=1, description="failed deliveries in a row")
+    webhook_disable_seconds: float = Field(default=3600.0, ge=0)
 
     @field_validator("devices")
     @classmethod
@@ -55,6 +68,15 @@ class Settings(BaseSettings):
             if d != "cpu" and not (d.startswith("cuda:") and d[5:].isdigit()):
                 raise ValueError(f"unknown device {d!r}: use cpu or cuda:N")
         return ",".join(items)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if v == "local":
+            return v
+        if v.startswith("s3://") and v[5:].split("/", 1)[0]:
+            return v.rstrip("/")
+        raise ValueError(f"unknown storage {v!r}: use local or s3://bucket/prefix")
 
     @property
     def device_list(self) -> list[str]:

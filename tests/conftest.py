@@ -1,6 +1,6 @@
 """Shared pytest configuration: fixture plugins for the whole suite."""
 
-pytest_plugins = ["tests.store_fixtures", "tests.api_fixtures"]
+pytest_plugins = ["tests.store_fixtures", "tests.api_fixtures", "tests.s3_fixtures"]
 
 
 # --- engine fixtures ---------------------------------------------------------------------------
