@@ -35,6 +35,12 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) this process has used: less sensitive than wall time to other load."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _current_rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -91,16 +97,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        best: tuple[float, list[tuple[str, float]], Any] | None = None
+        best: tuple[float, float, list[tuple[str, float]], Any] | None = None
         for i in range(max(1, args.repeat)):
             timings: list[tuple[str, float]] = []
-            t0 = time.perf_counter()
+            cpu0, t0 = _cpu_s(), time.perf_counter()
             info = render(job, engine, Path(tmp) / f"bench{i}.mp4", timings=timings)
-            total = time.perf_counter() - t0
+            total, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
             if best is None or total < best[0]:
-                best = (total, timings, info)
+                best = (total, cpu, timings, info)
         assert best is not None
-        total_s, timings, info = best
+        total_s, cpu_s, timings, info = best
     steps = {name: [round(s, 4) for n, s in timings if n == name] for name in ("stage1_step", "stage2_step")}
     stages: dict[str, float] = {}
     for name, seconds in timings:
@@ -134,6 +140,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "measured_runs": max(1, args.repeat),
         "load_s": round(load_s, 3),
         "total_s": round(total_s, 3),
+        "cpu_s": round(cpu_s, 3),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "stages_s": {k: round(v, 4) for k, v in stages.items()},
         "steps_s": steps,
         "peak_rss_mib": round(_rss_mib(), 1),
@@ -159,7 +167,8 @@ def _print(r: dict[str, Any]) -> None:
         count = len(r["steps_s"].get(name, []))
         per = f"  ({count} x {seconds / count:.4f} s)" if count else ""
         print(f"  {name:<18}{seconds:>9.3f} s{per}")
-    print(f"  {'total (render)':<18}{r['total_s']:>9.3f} s")
+    print(f"  {'total (render)':<18}{r['total_s']:>9.3f} s  ({r['cpu_s']:.3f} CPU s)")
+    print(f"  load average after: {' '.join(str(x) for x in r['load_average'])}")
     print(f"  peak RSS {r['peak_rss_mib']:.0f} MiB (after load {r['rss_after_load_mib']:.0f} MiB)")
     if r["cuda_max_memory_allocated_gib"] is not None:
         print(f"  CUDA max memory allocated {r['cuda_max_memory_allocated_gib']:.2f} GiB")
