@@ -1,8 +1,10 @@
 """The SDK against the real server on a loopback socket (tiny profile), sync and async.
 
-``api`` is either a ``Client`` or an ``AsyncClient`` driven through one event loop, so every test
-body checks both. Only the last section uses ``httpx.MockTransport``: it stands in for VicSee's
-hosted service, whose response variants our own server never sends.
+The whole path (generate, wait, download, a failed task) runs both clients against one server
+with its worker; the ``connect`` fixture gives the error-path tests a ``Client`` or an
+``AsyncClient`` driven through one event loop, so each of those bodies checks both. Only the last
+section uses ``httpx.MockTransport``: it stands in for VicSee's hosted service, whose response
+variants our own server never sends.
 """
 
 from __future__ import annotations
@@ -77,8 +79,11 @@ def raises(code: ErrorCode, call: Callable[[], object]) -> ReelgenError:
 # The whole path, both clients on one server: generate, wait (with progress), download, probe;
 # a failed task; the balance
 # ---------------------------------------------------------------------------------------------
-async def async_flow(url: str, key: str, task_id: str, tmp_path: Path) -> None:
+async def async_flow(url: str, key: str, task_id: str, failed_id: str, tmp_path: Path) -> None:
     async with AsyncClient(key, base_url=url) as api:
+        with pytest.raises(ReelgenError) as failed:
+            await api.wait(failed_id, timeout=120, **FAST)
+        assert failed.value.code == ErrorCode.TASK_FAILED and "IMAGE_FETCH_FAILED" in failed.value.message
         seen: list[Task] = []
         done = await api.wait(task_id, timeout=120, on_progress=seen.append, **FAST)
         assert done.is_completed and seen[-1] == done and done.output is not None and done.output.hasAudio
@@ -92,6 +97,9 @@ async def async_flow(url: str, key: str, task_id: str, tmp_path: Path) -> None:
         assert signed.read_bytes() == out.read_bytes()
 
 
+# The SDK is database-blind and the worker costs seconds to start: SQLite here; the API-only tests
+# below run on both backends.
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_generate_wait_download_and_a_failed_task(tmp_path: Path, db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # The operator default: private, loopback and link-local image hosts are refused.
     ctx = make_ctx(make_settings(tmp_path, db, allow_private_image_hosts=False), db)
@@ -138,7 +146,7 @@ def test_generate_wait_download_and_a_failed_task(tmp_path: Path, db: Any, monke
         raises(ErrorCode.NO_RESULT, lambda: api.download(bad, tmp_path / "never.mp4"))
         assert not (tmp_path / "never.mp4").exists()
 
-        asyncio.run(async_flow(live.url, owner.key, fox.id, tmp_path))
+        asyncio.run(async_flow(live.url, owner.key, fox.id, bad.id, tmp_path))
         balance = api.credits()
         assert (balance.credits, balance.reserved) == (1000 - 84 - 126, 0)
         api.close()

@@ -105,9 +105,9 @@ def test_playground_generates_and_plays_a_3_second_video(
     expect(page.locator("#balance")).to_contain_text("1000 credits available")
     page.fill("#prompt", "a red fox runs through fresh snow")
     page.fill("#duration", "3")
-    assert page.text_content("#price") == "Price: 126 credits (42 credits/s × 3 s)"
+    assert page.text_content("#price") == "Price: 126 credits (42 credits/s \N{MULTIPLICATION SIGN} 3 s)"
     page.uncheck("#audio")
-    assert page.text_content("#price") == "Price: 84 credits (28 credits/s × 3 s)"
+    assert page.text_content("#price") == "Price: 84 credits (28 credits/s \N{MULTIPLICATION SIGN} 3 s)"
     page.check("#audio")
 
     # multi-shot durations that do not add up are stopped before anything is sent
