@@ -40,6 +40,15 @@ EXIT_CODES: dict[str, int] = {
     ErrorCode.TASK_NOT_FOUND: 8,
     ErrorCode.NO_RESULT: 8,
 }
+DESCRIPTION = """Self-hostable video generation (VicSee Kling 3.0 API).
+
+user verbs talk to a server: --server URL --api-key KEY, or REELGEN_BASE_URL / REELGEN_API_KEY
+  generate PROMPT ...   make one video and save it (--local: in this process, no server)
+  tasks get ID          a task's status (-o FILE saves its video)
+  credits               your balance
+  models                models and prices
+operator verbs work on the database: serve, db, keys, credits grant|show, ledger check
+"""
 EXIT_HELP = """exit status:
   0  done
   1  ledger check found drift
@@ -92,7 +101,7 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="reelgen", description=__doc__, epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="reelgen", description=DESCRIPTION, epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -123,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key_id")
     p = keys.add_parser("list", help="list keys (display prefix only)")
     _add_store_args(p)
+    p.add_argument("--json", action="store_true")
+    p = keys.add_parser("limits", help="show or set an account's request rate and active-task cap")
+    _add_store_args(p)
+    p.add_argument("--account", required=True)
+    p.add_argument("--rpm", type=int, help="requests per minute (0 = unlimited)")
+    p.add_argument("--max-active", type=int, help="pending + processing tasks at once (0 = unlimited)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("credits", help="your balance from the server; operators: credits grant / show")

@@ -26,9 +26,11 @@ def test_all_is_sorted_and_complete() -> None:
 
 
 def test_importing_the_sdk_imports_no_server_or_engine_module() -> None:
+    """``pip install reelgen`` (no extras) must be able to import the SDK and run the CLI's user verbs."""
     code = (
         "import json, sys\n"
         "import reelgen, reelgen.client\n"
+        "import reelgen.cli, reelgen.generation\n"  # what the user verbs of the CLI import
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
