@@ -33,4 +33,12 @@ def pick(settings: Settings) -> Executor:
         from reelgen.executor.local import LocalExecutor
 
         return LocalExecutor(settings)
+    if settings.executor == "none":
+        from reelgen.executor.external import ExternalWorkers
+
+        return ExternalWorkers(settings)
+    if settings.executor == "ray":
+        from reelgen.executor.ray import RayExecutor
+
+        return RayExecutor(settings)
     raise ValueError(f"unknown executor {settings.executor!r}")  # pragma: no cover - Settings restricts it
