@@ -26,7 +26,7 @@ lint: install
 
 test: install
 	$(BIN)/ruff check reelgen tests bench scripts
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=20
 
 test-gpu: install
 	$(BIN)/pytest -m gpu tests/gpu
