@@ -484,9 +484,8 @@ def _machine(db: Database) -> type[RuleBasedStateMachine]:
                     db.run(lambda c: tasks.cancel(c, task, self.now), immediate=True)
                 assert info.value.code is ErrorCode.NOT_CANCELLABLE
 
-        @rule(seconds=st.integers(0, 2 * LEASE))
-        def kill_workers_and_rescue(self, seconds: int) -> None:
-            now = self._tick(seconds)
+        def _expect_rescue(self, now: datetime) -> dict[str, TaskStatus]:
+            """Apply a rescuer pass at ``now`` to the model; the outcome per rescued task."""
             expected: dict[str, TaskStatus] = {}
             for tid, m in self.model.items():
                 if m.status is TaskStatus.PROCESSING and m.lease_until is not None and m.lease_until < now:
@@ -498,11 +497,10 @@ def _machine(db: Database) -> type[RuleBasedStateMachine]:
                         m.status = TaskStatus.FAILED
                         self._move(m.account, reserved=-m.price, available=m.price)
                     expected[tid] = m.status
-            got = db.run(lambda c: tasks.rescue_expired(c, now), immediate=True)
-            assert dict(got) == expected
+            return expected
 
-        @rule(max_age=st.integers(1, 120))
-        def expire_holds(self, max_age: int) -> None:
+        def _expect_expiry(self, max_age: float) -> set[str]:
+            """Apply hold expiry (holds older than ``max_age`` s) to the model; the expired tasks."""
             cutoff = self.now - timedelta(seconds=max_age)
             expected = set()
             for tid, m in self.model.items():
@@ -510,6 +508,18 @@ def _machine(db: Database) -> type[RuleBasedStateMachine]:
                     m.status, m.lease_until = TaskStatus.FAILED, None
                     self._move(m.account, reserved=-m.price, available=m.price)
                     expected.add(tid)
+            return expected
+
+        @rule(seconds=st.integers(0, 2 * LEASE))
+        def kill_workers_and_rescue(self, seconds: int) -> None:
+            now = self._tick(seconds)
+            expected = self._expect_rescue(now)
+            got = db.run(lambda c: tasks.rescue_expired(c, now), immediate=True)
+            assert dict(got) == expected
+
+        @rule(max_age=st.integers(1, 120))
+        def expire_holds(self, max_age: int) -> None:
+            expected = self._expect_expiry(max_age)
             got = db.run(lambda c: tasks.expire_holds(c, max_age_seconds=max_age, now=self.now), immediate=True)
             assert set(got) == expected
 

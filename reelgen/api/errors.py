@@ -50,10 +50,18 @@ def status_for(code: ErrorCode | str) -> int:
     return STATUS.get(code, 500) if isinstance(code, ErrorCode) else 500
 
 
+def _text(value: Any) -> Any:
+    """``value`` with lone surrogates escaped (a message may echo a JSON key such as "\\ud800",
+    which UTF-8 cannot encode: rendering the response would fail with a 500)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def envelope(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+    error: dict[str, Any] = {"code": code, "message": _text(message)}
     if details:
-        error["details"] = details
+        error["details"] = [{k: _text(v) for k, v in d.items()} for d in details]
     return {"success": False, "error": error}
 
 

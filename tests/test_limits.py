@@ -1,0 +1,192 @@
+"""Request limits and error hygiene (RELIABILITY 18, 19): body size, prompt length, no leaks in
+errors, and the regressions the contract fuzzing run found (``tests/test_contract.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from reelgen import service
+from reelgen.api.app import create_app
+from reelgen.schemas import MAX_PROMPT_CHARS, TEXT_TO_VIDEO
+from reelgen.store import ledger
+from reelgen.store.db import Database
+from reelgen.store.tables import movements, tasks
+from tests.api_fixtures import make_ctx, make_settings
+from tests.factories import generate_body, make_account
+from tests.leaks import leaks
+
+LIMIT = 64 * 1024
+ONE_MB = 1024 * 1024
+
+
+@pytest.fixture
+def small_ctx(tmp_path: Path, db: Database) -> service.Context:
+    return make_ctx(make_settings(tmp_path, db, max_body_bytes=LIMIT), db)
+
+
+@pytest.fixture
+def small(small_ctx: service.Context) -> Iterator[TestClient]:
+    with TestClient(create_app(small_ctx.settings, start_executor=False, ctx=small_ctx)) as c:
+        yield c
+
+
+def _rows(ctx: service.Context) -> tuple[int, int]:
+    def count(conn: Any) -> tuple[int, int]:
+        n_tasks = conn.execute(sa.select(sa.func.count()).select_from(tasks)).scalar_one()
+        n_movements = conn.execute(sa.select(sa.func.count()).select_from(movements)).scalar_one()
+        return int(n_tasks), int(n_movements)
+
+    result: tuple[int, int] = ctx.db.run(count)
+    return result
+
+
+def _assert_error(r: Any, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["success"] is False and body["error"]["code"] == code, r.text
+    assert leaks(r.text, sent="", error=True) == []
+    return dict(body["error"])
+
+
+def _one_mb_body() -> bytes:
+    return b'{"model": "kling-3-0-text-to-video", "input": {"prompt": "' + b"x" * ONE_MB + b'"}}'
+
+
+def test_a_1mb_body_over_the_limit_is_413_and_writes_no_row(small: TestClient, small_ctx: service.Context) -> None:
+    account = make_account(small_ctx, credits=10_000)
+    before = _rows(small_ctx)  # the grant: one movement
+    headers = {**account.headers, "Content-Type": "application/json"}
+    error = _assert_error(
+        small.post("/api/v1/generate", content=_one_mb_body(), headers=headers), 413, "PAYLOAD_TOO_LARGE"
+    )
+    assert error["message"] == f"The request body is larger than {LIMIT} bytes."
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming, cut at the limit
+        body = _one_mb_body()
+        for i in range(0, len(body), 16 * 1024):
+            yield body[i : i + 16 * 1024]
+
+    _assert_error(small.post("/api/v1/generate", content=chunks(), headers=headers), 413, "PAYLOAD_TOO_LARGE")
+    assert _rows(small_ctx) == before == (0, 1)
+    assert small_ctx.db.run(lambda c: ledger.balance(c, account.id)).available == 10_000
+    # a body within the limit still goes through
+    assert small.post("/api/v1/generate", json=generate_body(), headers=account.headers).status_code == 200
+
+
+def test_the_body_limit_applies_before_authentication(small: TestClient) -> None:
+    """An unauthenticated caller cannot make the server read megabytes either."""
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-unknown"}
+    _assert_error(small.post("/api/v1/generate", content=_one_mb_body(), headers=headers), 413, "PAYLOAD_TOO_LARGE")
+
+
+def test_a_prompt_over_the_cap_is_refused_before_any_hold(client: TestClient, ctx: service.Context) -> None:
+    account = make_account(ctx, credits=10_000)
+    body = generate_body(prompt="x" * (MAX_PROMPT_CHARS + 1))
+    error = _assert_error(client.post("/api/v1/generate", json=body, headers=account.headers), 400, "INVALID_INPUT")
+    assert error["details"] == [{"field": "input.prompt", "message": "String should have at most 2500 characters"}]
+    shot = {"prompt": "y" * (MAX_PROMPT_CHARS + 1), "duration": 3}
+    body = generate_body(multi_shots=True, multi_prompt=[shot])
+    error = _assert_error(client.post("/api/v1/generate", json=body, headers=account.headers), 400, "INVALID_INPUT")
+    assert error["details"][0]["field"] == "input.multi_prompt.0.prompt"
+    assert _rows(ctx) == (0, 1)
+    ok = generate_body(prompt="x" * MAX_PROMPT_CHARS)
+    assert client.post("/api/v1/generate", json=ok, headers=account.headers).status_code == 200
+
+
+#: (method, path, request arguments); the caller's key is sent unless ``headers`` replaces it.
+ERROR_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("GET", "/api/v1/credits", {"headers": {}}),
+    ("GET", "/api/v1/credits", {"headers": {"Authorization": "Basic abc"}}),
+    ("GET", "/api/v1/credits", {"headers": {"Authorization": "Bearer pk-123"}}),
+    ("GET", "/api/v1/credits", {"headers": {"Authorization": "Bearer sk-" + "A" * 43}}),
+    ("POST", "/api/v1/generate", {"content": b"{not json"}),
+    ("POST", "/api/v1/generate", {"content": b"\xff\xfe"}),
+    ("POST", "/api/v1/generate", {"json": [1, 2]}),
+    ("POST", "/api/v1/generate", {"json": {"input": {"prompt": "a"}}}),
+    ("POST", "/api/v1/generate", {"json": {"model": "../../etc/passwd", "input": {"prompt": "a"}}}),
+    ("POST", "/api/v1/generate", {"json": {"model": TEXT_TO_VIDEO, "input": {"prompt": " "}}}),
+    ("POST", "/api/v1/generate", {"json": {"model": TEXT_TO_VIDEO, "input": {"prompt": "a", "duration": 99}}}),
+    ("POST", "/api/v1/generate", {"json": {"model": TEXT_TO_VIDEO, "input": {"prompt": "a", "duration": 15}}}),
+    ("GET", "/api/v1/tasks/../../etc/passwd", {}),
+    ("GET", "/api/v1/tasks/00000000000000000000000000000000", {}),
+    ("GET", "/api/v1/tasks/00000000000000000000000000000000/download?mode=proxy", {}),
+    ("GET", "/api/v1/tasks/x/download?mode=ftp", {}),
+    ("GET", "/api/v1/files/x.mp4?expires=1&token=abc", {}),
+    ("GET", "/api/v1/models?type=image", {}),
+    ("DELETE", "/api/v1/credits", {}),
+    ("GET", "/no/such/route", {}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs"), ERROR_REQUESTS, ids=[f"{m} {p}" for m, p, _ in ERROR_REQUESTS])
+def test_no_error_body_leaks_a_traceback_path_or_address(
+    client: TestClient, ctx: service.Context, method: str, path: str, kwargs: dict[str, Any]
+) -> None:
+    account = make_account(ctx, credits=10)  # too few for any generation: 402
+    arguments = dict(kwargs)
+    headers = arguments.pop("headers", account.headers)
+    r = client.request(method, path, headers={"Content-Type": "application/json", **headers}, **arguments)
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["success"] is False
+    assert leaks(r.text, sent="", error=True) == [], r.text
+
+
+def test_an_unexpected_database_error_is_a_bare_500(client: TestClient, ctx: service.Context) -> None:
+    """A real fault below the API (a table gone) answers the generic 500: no driver message, no SQL,
+    no path of the database file; the traceback goes to the log only."""
+    account = make_account(ctx, credits=1000)
+    task_id = client.post("/api/v1/generate", json=generate_body(), headers=account.headers).json()["data"]["id"]
+    ctx.db.run(lambda c: c.execute(sa.text("ALTER TABLE tasks RENAME COLUMN prompt TO prompt_gone")), immediate=True)
+    r = client.get(f"/api/v1/tasks/{task_id}", headers=account.headers)
+    assert r.status_code == 500
+    assert r.json() == {"success": False, "error": {"code": "INTERNAL_ERROR", "message": "Internal server error."}}
+    assert leaks(r.text, sent="", error=True) == []
+
+
+# --- regressions found by fuzzing --------------------------------------------------------------
+
+
+def _count_tasks(ctx: service.Context) -> int:
+    from sqlalchemy import func, select
+
+    from reelgen.store.tables import tasks
+
+    n: int = ctx.db.run(lambda c: c.execute(select(func.count()).select_from(tasks)).scalar_one())
+    return n
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "kling-3-0-text-to-video", "input": {"prompt": "ok"}, "\\ud800": 1}',
+        b'{"model": "kling-3-0-text-to-video", "input": {"prompt": "ok"}, "\\udfff\\ud800x": 1}',
+    ],
+)
+def test_regression_a_lone_surrogate_echoed_in_an_error_is_400_not_500(
+    client: TestClient, ctx: service.Context, raw: bytes
+) -> None:
+    """An unknown key such as "\\ud800" was echoed into the error, which UTF-8 cannot encode."""
+    account = make_account(ctx, credits=1000)
+    headers = {**account.headers, "Content-Type": "application/json"}
+    r = client.post("/api/v1/generate", content=raw, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "INVALID_INPUT"
+    assert "\\ud800" in r.json()["error"]["details"][0]["field"]
+    assert _count_tasks(ctx) == 0
+
+
+def test_regression_an_empty_shot_list_without_multi_shots_is_accepted_as_documented(
+    client: TestClient, ctx: service.Context
+) -> None:
+    """The document says multi_prompt is null or empty unless multi_shots is true; the server agrees."""
+    account = make_account(ctx, credits=1000)
+    body = generate_body(multi_shots=False, multi_prompt=[])
+    assert client.post("/api/v1/generate", json=body, headers=account.headers).status_code == 200
+    body = generate_body(multi_shots=False, multi_prompt=[{"prompt": "a", "duration": 3}])
+    assert client.post("/api/v1/generate", json=body, headers=account.headers).status_code == 400
