@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-gpu demo bench all clean
+.PHONY: install lint test test-gpu demo bench fuzz all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,16 @@ demo: install
 bench: install
 	$(BIN)/python bench/engine.py --profile ltx-2-tiny --duration 5
 	$(BIN)/python bench/engine.py --profile ltx-2-tiny --duration 15 --mode professional
+	$(BIN)/python bench/load.py
+	$(BIN)/python bench/soak.py --seconds 60
+
+# nightly: 10 minutes of coverage-guided fuzzing per parser (crashes: see tests/fuzz/atheris_parsers.py)
+fuzz: install
+	$(BIN)/pip install -q atheris
+	$(BIN)/python tests/fuzz/atheris_parsers.py generate -max_total_time=600 -dict=tests/fuzz/generate.dict -artifact_prefix=fuzz-corpus/ fuzz-corpus/generate
+	$(BIN)/python tests/fuzz/atheris_parsers.py url -max_total_time=600 -dict=tests/fuzz/url.dict -artifact_prefix=fuzz-corpus/ fuzz-corpus/url
 
 all: lint test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-out
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-out fuzz-corpus
