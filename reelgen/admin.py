@@ -126,6 +126,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
             f"key id: {issued.key_id}\naccount: {issued.account_id}\ncredits granted: {args.credits}",
         )
         return 0
+    if args.action == "limits":
+        return _limits(args, settings, db)
     if args.action == "revoke":
         if not db.run(lambda conn: keys.revoke_key(conn, args.key_id, _now()), immediate=True):
             raise ReelgenError(ErrorCode.KEY_NOT_FOUND, f"no active key with id {args.key_id!r}")
@@ -149,6 +151,30 @@ def cmd_keys(args: argparse.Namespace) -> int:
         for d in listed
     ]
     _print(args, listed, "\n".join(lines) or "no keys")
+    return 0
+
+
+def _limits(args: argparse.Namespace, settings: Settings, db: Any) -> int:
+    """``keys limits``: set (``--rpm``, ``--max-active``) and show an account's effective limits."""
+    from reelgen.store import limits
+
+    def go(conn: Any) -> Any:
+        limits.set_limits(conn, args.account, rpm=args.rpm, max_active=args.max_active)  # also checks the account
+        return limits.get(
+            conn, args.account, default_rpm=settings.rate_limit_rpm, default_active=settings.max_active_tasks
+        )
+
+    found = db.run(go, immediate=True)
+    data = {"account_id": args.account, "rpm": found.requests_per_minute, "max_active": found.max_active_tasks}
+
+    def shown(n: int) -> str:
+        return "unlimited" if n == 0 else str(n)
+
+    _print(
+        args,
+        data,
+        f"account {args.account}: {shown(data['rpm'])} requests per minute, {shown(data['max_active'])} active tasks",
+    )
     return 0
 
 

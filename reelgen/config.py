@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     allow_private_image_hosts: bool = False
     image_fetch_timeout_seconds: float = 20.0
     max_image_bytes: int = 20 * 1024 * 1024
+    metrics_token: str | None = Field(default=None, description="bearer token for /metrics; unset = open")
+    # per-account defaults (operators override them per account: `reelgen keys limits`); 0 = unlimited
+    rate_limit_rpm: int = Field(default=600, ge=0, description="requests per minute, per API process")
+    max_active_tasks: int = Field(default=50, ge=0, description="pending + processing tasks at once")
     # webhooks (callback_url): retries with exponential backoff and jitter, then the endpoint rests
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_retry_base_seconds: float = Field(default=5.0, gt=0)

@@ -106,6 +106,8 @@ Resolver = Callable[[str, int, int, int], Sequence[tuple[Any, ...]]]
 ConnectOverride = Callable[[str, int], tuple[str, int]]
 
 MAX_IMAGES = 2
+#: ``image_urls`` entries that name an image uploaded to this server (``POST /api/v1/upload``).
+UPLOAD_SCHEME = "reelgen-upload://"
 MAX_URL_LENGTH = 8192
 
 #: The one message for every failure after validation: unreachable, closed port, HTTP error,
@@ -648,12 +650,14 @@ def load_images(
     resolver: Resolver = socket.getaddrinfo,
     connect_override: ConnectOverride | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    read_upload: Callable[[str], bytes] | None = None,
 ) -> list[Image.Image]:
     """Fetch (or unpack) and decode at most two input images, in order.
 
     Errors keep their code and name the failing entry, e.g. ``image_urls[1]: ...``.
     ``resolver``, ``connect_override`` and ``ssl_context`` pass through to
-    :func:`fetch_image_bytes`.
+    :func:`fetch_image_bytes`. ``read_upload`` returns the bytes of a ``reelgen-upload://`` URL
+    (an image uploaded to this server, read from its storage, never over the network).
     """
     if isinstance(urls, str) or len(urls) > MAX_IMAGES:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"Give at most {MAX_IMAGES} image URLs.")
@@ -662,6 +666,10 @@ def load_images(
         try:
             if url[:5].lower() == "data:":
                 data = decode_data_uri(url, policy.max_bytes)
+            elif url.startswith(UPLOAD_SCHEME):
+                if read_upload is None:
+                    raise ReelgenError(ErrorCode.IMAGE_FETCH_FAILED, "Uploaded images cannot be read here.")
+                data = read_upload(url)
             else:
                 data = fetch_image_bytes(
                     url, policy, resolver=resolver, connect_override=connect_override, ssl_context=ssl_context

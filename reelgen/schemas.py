@@ -98,9 +98,11 @@ class GenerateInput(BaseModel):
         if not 1 <= len(v) <= 2:
             raise ValueError("give 1 image (start frame) or 2 images (start and end frame)")
         for url in v:
-            low = url[:16].lower()
-            if not (low.startswith(("http://", "https://")) or low.startswith("data:image/")):
-                raise ValueError("each image must be an http(s) URL or a data:image/...;base64, URI")
+            low = url[:20].lower()
+            if not low.startswith(("http://", "https://", "data:image/", "reelgen-upload://")):
+                raise ValueError(
+                    "each image must be an http(s) URL, a data:image/...;base64, URI or a reelgen-upload:// URL"
+                )
         return v
 
     @model_validator(mode="after")
@@ -121,6 +123,8 @@ class GenerateRequest(BaseModel):
 
     model: str
     input: GenerateInput
+    #: extension: POSTed (signed, Standard Webhooks) when the task ends; same address rules as image URLs
+    callback_url: str | None = None
 
     @property
     def is_image_to_video(self) -> bool:
@@ -149,8 +153,11 @@ def parse_generate(body: Any, models: Collection[str] = MODEL_IDS) -> GenerateRe
             ErrorCode.MISSING_PROMPT, "The 'input.prompt' field is required and must not be blank."
         )
     details: list[dict[str, Any]] = [
-        {"field": k, "message": "unknown field"} for k in body if k not in ("model", "input")
+        {"field": k, "message": "unknown field"} for k in body if k not in ("model", "input", "callback_url")
     ]
+    callback_url = body.get("callback_url")
+    if callback_url is not None and not isinstance(callback_url, str):
+        details.append({"field": "callback_url", "message": "must be a string URL"})
     if model == TEXT_TO_VIDEO and "image_urls" in inp:
         details.append(
             {"field": "input.image_urls", "message": f"not accepted by {TEXT_TO_VIDEO}; use {IMAGE_TO_VIDEO}"}
@@ -177,7 +184,7 @@ def parse_generate(body: Any, models: Collection[str] = MODEL_IDS) -> GenerateRe
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"Invalid input: {summary}", details=details)
     if model == TEXT_TO_VIDEO and parsed.aspect_ratio is None:
         parsed = parsed.model_copy(update={"aspect_ratio": AspectRatio.WIDE})
-    return GenerateRequest(model=model, input=parsed)
+    return GenerateRequest(model=model, input=parsed, callback_url=callback_url)
 
 
 # --------------------------------------------------------------------------------------------

@@ -267,12 +267,31 @@ class Worker:
         except ValidationError as exc:
             fields = ", ".join(".".join(str(p) for p in e["loc"]) or "input" for e in exc.errors())
             raise ReelgenError(ErrorCode.INVALID_INPUT, f"The stored input is invalid ({fields}).") from None
-        images = load_images(inp.image_urls, FetchPolicy.from_settings(self.settings)) if inp.image_urls else []
+        policy = FetchPolicy.from_settings(self.settings)
+        images = load_images(inp.image_urls, policy, read_upload=self._read_upload) if inp.image_urls else []
         job = plan(inp, self.profile, seed=task.seed, start_image_size=images[0].size if images else None)
         fitted = [fit_image(img, job.width, job.height) for img in images]
         if fitted:
             job = replace(job, start_image=fitted[0], end_image=fitted[1] if len(fitted) > 1 else None)
         return job
+
+    def _read_upload(self, url: str) -> bytes:
+        """The bytes of a ``reelgen-upload://`` image from storage (submit checked that the task's
+        account owns it)."""
+        from reelgen.store import uploads
+
+        upload_id = uploads.parse_url(url)
+        missing = ReelgenError(ErrorCode.IMAGE_FETCH_FAILED, "The uploaded image is no longer available.")
+        if upload_id is None:
+            raise missing
+        try:
+            with self.storage.open(uploads.storage_key(upload_id)) as f:
+                data = f.read(self.settings.max_image_bytes + 1)
+        except (OSError, ReelgenError):
+            raise missing from None
+        if len(data) > self.settings.max_image_bytes:
+            raise ReelgenError(ErrorCode.IMAGE_FETCH_FAILED, "The uploaded image is too large.")
+        return data
 
     def _on_step(self, att: Attempt, done: int, total: int) -> bool:
         """After each denoising step: record progress, apply the fault seams, say whether to go on."""

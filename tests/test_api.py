@@ -248,11 +248,3 @@ def test_created_at_is_utc(client: TestClient, rich: Account) -> None:
     d = client.post("/api/v1/generate", json=generate_body(), headers=rich.headers).json()["data"]
     ts = datetime.fromisoformat(d["createdAt"].replace("Z", "+00:00"))
     assert abs((service.utcnow() - ts).total_seconds()) < 60
-
-
-def test_unsupported_extensions_are_refused_not_ignored(client: TestClient, rich: Account) -> None:
-    r = client.post("/api/v1/generate", json=generate_body(), headers={**rich.headers, "Idempotency-Key": "abc"})
-    assert_error(r, 400, "INVALID_INPUT")
-    body = {**generate_body(), "callback_url": "https://example.com/hook"}
-    assert_error(client.post("/api/v1/generate", json=body, headers=rich.headers), 400, "INVALID_INPUT")
-    assert client.get("/api/v1/credits", headers=rich.headers).json()["data"]["reserved"] == 0

@@ -20,7 +20,18 @@ from reelgen.store.db import Database, upgrade
 from reelgen.store.tables import accounts, api_keys, metadata
 from tests.store_fixtures import T0, pg_schema
 
-TABLES = {"accounts", "api_keys", "tasks", "movements", "ledger_entries"}
+TABLES = {
+    "accounts",
+    "api_keys",
+    "tasks",
+    "movements",
+    "ledger_entries",
+    "idempotency_keys",
+    "webhook_deliveries",
+    "webhook_endpoints",
+    "account_limits",
+    "uploads",
+}
 
 
 def _tables(db: Database) -> set[str]:

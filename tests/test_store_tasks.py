@@ -361,20 +361,71 @@ def test_cancel_a_pending_task_releases_its_hold(db: Database) -> None:
     _healthy(db)
 
 
-def test_cancel_refuses_running_and_finished_tasks(db: Database) -> None:
+def test_cancel_refuses_finished_tasks(db: Database) -> None:
     account = _account(db, 1000)
-    running, _ = submit(db, account, 10, now=_at(0))
-    done, _ = submit(db, account, 10, now=_at(1))
-    _claim(db)
+    done, _ = submit(db, account, 10, now=_at(0))
     _claim(db)
     _complete(db, done.id, 1)
-    for task_id in (running.id, done.id):
-        with pytest.raises(ReelgenError) as info:
-            db.run(functools.partial(tasks.cancel, task_id=task_id, now=T0), immediate=True)
-        assert info.value.code is ErrorCode.NOT_CANCELLABLE
+    with pytest.raises(ReelgenError) as info:
+        db.run(functools.partial(tasks.cancel, task_id=done.id, now=T0), immediate=True)
+    assert info.value.code is ErrorCode.NOT_CANCELLABLE
     with pytest.raises(ReelgenError) as info:
         db.run(lambda c: tasks.cancel(c, "0" * 32, T0), immediate=True)
     assert info.value.code is ErrorCode.TASK_NOT_FOUND
+    _healthy(db)
+
+
+def test_cancel_a_processing_task_fences_its_worker(db: Database) -> None:
+    account = _account(db, 1000)
+    task, _ = submit(db, account, 10)
+    claimed = _claim(db)
+    assert claimed is not None and claimed.id == task.id
+    cancelled = db.run(lambda c: tasks.cancel(c, task.id, _at(3)), immediate=True)
+    assert (cancelled.status, cancelled.error_code) == (TaskStatus.CANCELLED, "CANCELLED")
+    # the worker's next heartbeat is refused (it stops), and it can neither complete nor fail
+    beat = db.run(lambda c: tasks.heartbeat(c, task.id, 1, "w1", lease_seconds=10, now=_at(4)), immediate=True)
+    assert beat is False
+    assert _complete(db, task.id, 1) is False
+    failed = db.run(lambda c: tasks.fail(c, task.id, 1, code="GENERATION_FAILED", message="x", now=_at(5)))
+    assert failed is False
+    assert _kinds(db, task.id) == ["reserve", "release"]
+    assert db.run(lambda c: ledger.balance(c, account)).available == 1000
+    _healthy(db)
+
+
+@pytest.mark.parametrize("first", ["cancel", "complete"])
+def test_cancel_racing_a_completion_resolves_the_hold_once(db: Database, first: str) -> None:
+    account = _account(db, 1000)
+    task, _ = submit(db, account, 10)
+    _claim(db)
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, Any] = {}
+
+    def cancel() -> None:
+        barrier.wait(timeout=10)
+        try:
+            outcomes["cancel"] = db.run(lambda c: tasks.cancel(c, task.id, _at(2)), immediate=True).status
+        except ReelgenError as exc:
+            outcomes["cancel"] = exc.code
+
+    def complete() -> None:
+        barrier.wait(timeout=10)
+        outcomes["complete"] = _complete(db, task.id, 1)
+
+    order = [cancel, complete] if first == "cancel" else [complete, cancel]
+    threads = [threading.Thread(target=fn) for fn in order]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    final = _get(db, task.id)
+    if final.status is TaskStatus.COMPLETED:
+        assert outcomes == {"complete": True, "cancel": ErrorCode.NOT_CANCELLABLE}
+        assert _kinds(db, task.id) == ["reserve", "capture"]
+    else:
+        assert final.status is TaskStatus.CANCELLED
+        assert outcomes == {"complete": False, "cancel": TaskStatus.CANCELLED}
+        assert _kinds(db, task.id) == ["reserve", "release"]
     _healthy(db)
 
 

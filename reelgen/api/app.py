@@ -15,11 +15,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reelgen import __version__, service
-from reelgen.api import errors
+from reelgen.api import errors, extensions
 from reelgen.api.routes import router
 from reelgen.config import Settings
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import GenerateRequest
+from reelgen.webhooks import Deliverer
 
 log = logging.getLogger("reelgen.api")
 
@@ -73,6 +74,32 @@ class BodyLimit:
         await response({"type": "http"}, _empty_receive, send)
 
 
+class RateLimitHeaders:
+    """Add the ``X-RateLimit-*`` headers the auth dependency left in the request state to the
+    response, whatever answered it (the route, or an error handler)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+
+        async def send_with_headers(message: Message) -> None:
+            extra = state.get("rate_limit_headers")
+            if message["type"] == "http.response.start" and extra:
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                added = [
+                    (k.lower().encode(), v.encode()) for k, v in extra.items() if k.lower().encode() not in present
+                ]
+                message = {**message, "headers": [*message.get("headers", []), *added]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 async def _empty_receive() -> Message:
     return {"type": "http.disconnect"}
 
@@ -92,9 +119,13 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
             executor.start()
             context.on_submit = executor.notify
         app.state.executor = executor
+        # every API process delivers due webhooks from the outbox (rows are leased: no double sends)
+        deliverer = Deliverer(context.db, context.settings, context.secret)
+        deliverer.start()
         try:
             yield
         finally:
+            deliverer.stop()
             if executor is not None:
                 executor.stop()
             if ctx is None:
@@ -108,6 +139,7 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
     )
     errors.install(app)
     app.include_router(router)
+    app.include_router(extensions.router)
 
     @app.get("/", include_in_schema=False)
     def playground() -> FileResponse:
@@ -127,5 +159,6 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -1,4 +1,4 @@
-"""Bearer key → account id, as the ``CurrentAccount`` dependency."""
+"""Bearer key → account id (after one token of the account's request rate), as ``CurrentAccount``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer 
 
 def current_account(request: Request, _: Annotated[object, Depends(bearer_scheme)] = None) -> str:
     ctx: service.Context = request.app.state.ctx
-    return service.authenticate(ctx, request.headers.get("authorization"))
+    admission = service.admit(ctx, request.headers.get("authorization"))
+    # ``RateLimitHeaders`` (api/app.py) adds these to the response, whatever the route answers
+    request.state.rate_limit_headers = admission.headers
+    return admission.account_id
 
 
 CurrentAccount = Annotated[str, Depends(current_account)]

@@ -83,6 +83,7 @@ class SweepReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    purged_idempotency_keys: int = 0
 
 
 def sweep_once(db: Database, settings: Settings, now: datetime | None = None) -> SweepReport:
@@ -91,10 +92,10 @@ def sweep_once(db: Database, settings: Settings, now: datetime | None = None) ->
     A task whose lease ran out goes back to the queue as a new attempt, or fails (releasing its
     credits) once it has used ``max_attempts``; the store decides which, in one conditional write
     per task. A hold older than ``max_run_seconds + HOLD_SLACK_SECONDS`` is released and its task
-    fails with ``TIMEOUT``.
+    fails with ``TIMEOUT``. Idempotency keys older than their 24 hours are deleted.
     """
     from reelgen.domain import TaskStatus
-    from reelgen.store import tasks
+    from reelgen.store import idempotency, tasks
 
     when = now or datetime.now(UTC)
     rescued: list[tuple[str, TaskStatus]] = db.run(lambda conn: tasks.rescue_expired(conn, when), immediate=True)
@@ -102,10 +103,12 @@ def sweep_once(db: Database, settings: Settings, now: datetime | None = None) ->
         lambda conn: tasks.expire_holds(conn, max_age_seconds=settings.max_run_seconds + HOLD_SLACK_SECONDS, now=when),
         immediate=True,
     )
+    purged: int = db.run(lambda conn: idempotency.purge_expired(conn, when), immediate=True)
     report = SweepReport(
         requeued=[t for t, s in rescued if s == TaskStatus.PENDING],
         failed=[t for t, s in rescued if s != TaskStatus.PENDING],
         expired=expired,
+        purged_idempotency_keys=purged,
     )
     for task_id in report.requeued:
         log.warning("task %s: its worker's lease expired; requeued as a new attempt", task_id)

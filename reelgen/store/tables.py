@@ -35,12 +35,17 @@ __all__ = [
     "MOVEMENT_KINDS",
     "TASK_STATUSES",
     "UTCDateTime",
+    "account_limits",
     "accounts",
     "api_keys",
+    "idempotency_keys",
     "ledger_entries",
     "metadata",
     "movements",
     "tasks",
+    "uploads",
+    "webhook_deliveries",
+    "webhook_endpoints",
 ]
 
 TASK_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
@@ -150,12 +155,31 @@ tasks = Table(
     Column("result_has_audio", Boolean, nullable=True),
     Column("error_code", String(64), nullable=True),
     Column("error_message", Text, nullable=True),
+    # model, mode, duration bucket and audio: the runs an ETA is learned from (migration 0002)
+    Column("request_class", String(200), nullable=True),
+    Column("callback_url", Text, nullable=True),  # where the end of the task is POSTed (migration 0003)
     CheckConstraint(_in("status", TASK_STATUSES), name="status_known"),
     CheckConstraint("progress >= 0 AND progress <= 100", name="progress_range"),
     CheckConstraint("price > 0", name="price_positive"),
     CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
     Index("ix_tasks_status_created_at", "status", "created_at"),
     Index("ix_tasks_account_id_created_at", "account_id", "created_at"),
+    Index("ix_tasks_request_class_completed_at", "request_class", "completed_at"),
+)
+
+# An Idempotency-Key and the first response it got, written in the transaction that created the
+# task and its hold (migration 0002). Keys are scoped per account and kept for 24 h.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("account_id", String(32), ForeignKey("accounts.id"), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),  # SHA-256 of the canonical JSON body, hex
+    Column("task_id", String(32), nullable=True),
+    Column("status_code", Integer, nullable=False),
+    Column("response", Text, nullable=True),  # the ``data`` object answered, as JSON text
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
 )
 
 movements = Table(
@@ -194,4 +218,63 @@ ledger_entries = Table(
     Column("amount", BigInteger, nullable=False),
     CheckConstraint(_in("bucket", BUCKETS), name="bucket_known"),
     CheckConstraint("amount <> 0", name="amount_nonzero"),
+)
+
+WEBHOOK_STATUSES = ("pending", "delivered", "failed")
+
+# The webhook outbox (migration 0003): one row per task end with a callback_url, written in the
+# transaction that ends the task; ``id`` is the stable ``webhook-id`` of every delivery attempt.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("task_id", String(32), ForeignKey("tasks.id"), nullable=False),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("payload", Text, nullable=False),  # the exact body sent (and signed) on every attempt
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("last_error", String(200), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    CheckConstraint(_in("status", WEBHOOK_STATUSES), name="status_known"),
+    Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+)
+
+# Failure state per (account, callback URL): disabled for a while after repeated failed deliveries.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("account_id", String(32), ForeignKey("accounts.id"), primary_key=True),
+    Column("url_hash", String(64), primary_key=True),  # SHA-256 of the URL, hex
+    Column("failed_deliveries", Integer, nullable=False, server_default="0"),
+    Column("disabled_until", UTCDateTime(), nullable=True),
+)
+
+# Operator-set limits per account (migration 0004); NULL = the server's default, 0 = unlimited.
+account_limits = Table(
+    "account_limits",
+    metadata,
+    Column("account_id", String(32), ForeignKey("accounts.id"), primary_key=True),
+    Column("requests_per_minute", Integer, nullable=True),
+    Column("max_active_tasks", Integer, nullable=True),
+    CheckConstraint("requests_per_minute >= 0", name="rpm_nonnegative"),
+    CheckConstraint("max_active_tasks >= 0", name="active_nonnegative"),
+)
+
+# Input images uploaded with ``POST /api/v1/upload`` (migration 0005); the bytes live in storage
+# under ``key`` and are referenced from ``image_urls`` as ``reelgen-upload://<id>``.
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("key", String(500), nullable=False),
+    Column("format", String(8), nullable=False),  # JPEG, PNG or WEBP
+    Column("size", BigInteger, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
 )

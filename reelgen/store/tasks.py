@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
 
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.store import ledger
+from reelgen.store import ledger, webhooks
 from reelgen.store.tables import tasks
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ __all__ = [
     "claim",
     "complete",
     "count_active",
+    "count_pending",
     "create",
     "expire_holds",
     "fail",
@@ -43,6 +44,7 @@ __all__ = [
     "heartbeat",
     "list_for_account",
     "queue_position",
+    "recent_run_seconds",
     "rescue_expired",
 ]
 
@@ -81,6 +83,8 @@ class TaskRow:
     result_has_audio: bool | None
     error_code: str | None
     error_message: str | None
+    request_class: str | None = None
+    callback_url: str | None = None
 
 
 def _row(m: RowMapping) -> TaskRow:
@@ -109,6 +113,8 @@ def _row(m: RowMapping) -> TaskRow:
         result_has_audio=None if m["result_has_audio"] is None else bool(m["result_has_audio"]),
         error_code=m["error_code"],
         error_message=m["error_message"],
+        request_class=m["request_class"],
+        callback_url=m["callback_url"],
     )
 
 
@@ -137,11 +143,15 @@ def create(
     max_attempts: int,
     now: datetime,
     task_id: str | None = None,
+    request_class: str | None = None,
+    callback_url: str | None = None,
 ) -> TaskRow:
     """Insert a pending task. Reserve its price with ``ledger.reserve`` in the same transaction
     (before or after: the hold's reference to the task is checked at commit).
 
     ``task_id`` defaults to a new random UUID4 hex (122 random bits); pass one only to reserve first.
+    ``request_class`` groups tasks whose run times predict each other's (see ``recent_run_seconds``);
+    ``callback_url`` is owed a webhook when the task ends (see ``store.webhooks``).
     """
     if isinstance(price, bool) or not isinstance(price, int) or price <= 0:
         raise ValueError(f"price must be a positive number of credits (got {price!r})")
@@ -164,6 +174,8 @@ def create(
             max_attempts=max_attempts,
             progress=0,
             created_at=now,
+            request_class=request_class,
+            callback_url=callback_url,
         )
     )
     task = get(conn, task_id)
@@ -297,6 +309,8 @@ def complete(
     )
     if won and not ledger.capture(conn, task_id, now):
         raise RuntimeError(f"task {task_id} was processing but its hold was already resolved")
+    if won:
+        _ended(conn, task_id, now)
     return won
 
 
@@ -321,8 +335,44 @@ def fail(conn: Connection, task_id: str, attempt: int, *, code: str, message: st
 
 
 def _release_or_raise(conn: Connection, task_id: str, now: datetime, won: bool) -> None:
+    """After a move to failed or cancelled: release the hold and owe the webhook, if the move won."""
     if won and not ledger.release(conn, task_id, now):
         raise RuntimeError(f"task {task_id} was active but its hold was already resolved")
+    if won:
+        _ended(conn, task_id, now)
+
+
+def _ended(conn: Connection, task_id: str, now: datetime) -> None:
+    """The task just ended in this transaction: write its webhook to the outbox, if it has one."""
+    task = _require(conn, task_id)
+    if not task.callback_url:
+        return
+    error = None
+    if task.status is not TaskStatus.COMPLETED:
+        error = {"code": task.error_code or ErrorCode.GENERATION_FAILED.value, "message": task.error_message or ""}
+    data = {
+        "id": task.id,
+        "taskId": task.id,
+        "model": task.model,
+        "status": task.status.value,
+        "creditsUsed": task.price if task.status is TaskStatus.COMPLETED else 0,
+        "createdAt": _iso(task.created_at),
+        "completedAt": _iso(task.completed_at or now),
+        "error": error,
+    }
+    webhooks.enqueue(
+        conn,
+        task_id=task.id,
+        account_id=task.account_id,
+        url=task.callback_url,
+        event=f"task.{task.status.value}",
+        data=data,
+        now=now,
+    )
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _REQUEUED: dict[str, Any] = {
@@ -420,28 +470,36 @@ def expire_holds(conn: Connection, *, max_age_seconds: float, now: datetime) -> 
 
 
 def cancel(conn: Connection, task_id: str, now: datetime) -> TaskRow:
-    """Cancel a pending task and release its hold; returns the task as it now is.
+    """Cancel a pending or processing task and release its hold; returns the task as it now is.
 
-    A task already cancelled is returned unchanged. ``TASK_NOT_FOUND`` for an unknown id;
-    ``NOT_CANCELLABLE`` once it has finished, or while a worker runs it (not supported yet).
+    A processing task is moved to ``cancelled`` under its current attempt: its worker's next
+    heartbeat is refused, so the render stops at the next step boundary and its output is never
+    published (completing is conditional on ``processing``). Racing a completion, exactly one of
+    the two conditional writes wins, and the hold is captured or released once. A task already
+    cancelled is returned unchanged. ``TASK_NOT_FOUND`` for an unknown id; ``NOT_CANCELLABLE`` once
+    it completed or failed.
     """
-    task = _require(conn, task_id)
-    if task.status is TaskStatus.PENDING:
+    for _ in range(_CLAIM_TRIES):
+        task = _require(conn, task_id)
+        if task.status not in (TaskStatus.PENDING, TaskStatus.PROCESSING):
+            break
         won = _move(
             conn,
             task_id,
-            _PENDING,
+            task.status.value,
             task.attempt,
             status=TaskStatus.CANCELLED.value,
+            error_code=ErrorCode.CANCELLED.value,
+            error_message="The task was cancelled.",
             completed_at=now,
+            lease_expires_at=None,
         )
         _release_or_raise(conn, task_id, now, won)
-        task = _require(conn, task_id)
+        # lost: a worker claimed it or finished meanwhile; look again
+    task = _require(conn, task_id)
     if task.status is TaskStatus.CANCELLED:
         return task
-    if task.status is TaskStatus.PROCESSING:
-        raise ReelgenError(ErrorCode.NOT_CANCELLABLE, f"Task {task_id} is processing and can no longer be cancelled")
-    raise ReelgenError(ErrorCode.NOT_CANCELLABLE, f"Task {task_id} is {task.status} and cannot be cancelled")
+    raise ReelgenError(ErrorCode.NOT_CANCELLABLE, f"The task is {task.status.value} and cannot be cancelled.")
 
 
 def list_for_account(
@@ -478,3 +536,27 @@ def count_active(conn: Connection, account_id: str) -> int:
         select(func.count()).select_from(tasks).where(tasks.c.account_id == account_id, tasks.c.status.in_(_ACTIVE))
     ).scalar_one()
     return int(n)
+
+
+def recent_run_seconds(conn: Connection, request_class: str, *, limit: int = 20) -> list[float]:
+    """Run times (claim to completion, seconds) of the latest ``limit`` completed tasks of a class."""
+    rows = conn.execute(
+        select(tasks.c.started_at, tasks.c.completed_at)
+        .where(
+            tasks.c.request_class == request_class,
+            tasks.c.status == TaskStatus.COMPLETED.value,
+            tasks.c.started_at.is_not(None),
+            tasks.c.completed_at.is_not(None),
+        )
+        .order_by(tasks.c.completed_at.desc())
+        .limit(limit)
+    ).all()
+    return [max(0.0, (r.completed_at - r.started_at).total_seconds()) for r in rows]
+
+
+def count_pending(conn: Connection, profile: str | None = None) -> int:
+    """Pending tasks in the queue (of ``profile``, if given)."""
+    stmt = select(func.count()).select_from(tasks).where(tasks.c.status == _PENDING)
+    if profile is not None:
+        stmt = stmt.where(tasks.c.profile == profile)
+    return int(conn.execute(stmt).scalar_one())
