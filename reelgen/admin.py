@@ -26,6 +26,8 @@ _SETTING_FLAGS = (
     "weights",
     "load_format",
     "devices",
+    "executor",
+    "ray_address",
     "public_base_url",
 )
 

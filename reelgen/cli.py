@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights directory (diffusers layout) or hub id")
     p.add_argument("--load-format", choices=["auto", "dummy"], help="dummy = full-size random weights")
     p.add_argument("--devices", help="cpu, or cuda:0,cuda:1 (one worker per device)")
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray", "none"],
+        help="local: worker subprocesses; ray: engine actors on a Ray cluster; none: API only (docs/deploy.md)",
+    )
+    p.add_argument("--ray-address", help="with --executor ray: the cluster to join, e.g. ray-head:6379")
     p.add_argument("--public-base-url", help="absolute base URL used in result links")
 
     p = sub.add_parser("db", help="database schema")

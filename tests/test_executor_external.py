@@ -50,3 +50,13 @@ def test_api_only_replica_rescues_an_expired_lease(tmp_path: Path, db: Database)
         executor.stop()
     assert row is not None and (row.failures, row.worker_id) == (1, None)
     assert db.run(ledger.check) == []
+
+
+def test_serve_flags_choose_the_executor(tmp_path: Path) -> None:
+    from reelgen.admin import settings_from_args
+    from reelgen.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--executor", "ray", "--ray-address", "ray-head:6379"])
+    settings = settings_from_args(args)
+    assert (settings.executor, settings.ray_address) == ("ray", "ray-head:6379")
+    assert settings_from_args(build_parser().parse_args(["serve", "--executor", "none"])).executor == "none"
