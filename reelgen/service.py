@@ -13,12 +13,13 @@ import hashlib
 import hmac
 import io
 import json
+import re
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -358,21 +359,22 @@ def _invalid_param(field_name: str, message: str) -> ReelgenError:
     )
 
 
+#: A page cursor: the last task's creation time (microseconds since the epoch) and id. Clients treat
+#: it as opaque; every string of this shape is a valid position, so any cursor the pattern admits works.
+CURSOR_PATTERN = r"^[0-9]{1,16}-[0-9a-f]{32}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _encode_cursor(row: tasks.TaskRow) -> str:
-    raw = json.dumps([row.created_at.isoformat(), row.id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    micros = (row.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}-{row.id}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, last_id = json.loads(raw)
-        when = datetime.fromisoformat(created)
-        if not isinstance(last_id, str) or when.tzinfo is None:
-            raise ValueError(cursor)
-    except (ValueError, TypeError, UnicodeDecodeError):
-        raise _invalid_param("cursor", "not a cursor from a previous page") from None
-    return when, last_id
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise _invalid_param("cursor", "not a cursor from a previous page")
+    micros, last_id = cursor.split("-")
+    return _EPOCH + timedelta(microseconds=int(micros)), last_id
 
 
 def list_tasks(

@@ -246,6 +246,17 @@ def test_list_refuses_bad_parameters(client: TestClient, rich: Account, query: s
     assert_error(client.get(f"/api/v1/tasks?{query}", headers=rich.headers), 400, "INVALID_INPUT")
 
 
+def test_any_cursor_of_the_published_shape_is_a_position(client: TestClient, rich: Account) -> None:
+    made = [
+        client.post("/api/v1/generate", json=generate_body(), headers=rich.headers).json()["data"]["id"]
+        for _ in range(2)
+    ]
+    far_future = client.get(f"/api/v1/tasks?cursor=9999999999999999-{'0' * 32}", headers=rich.headers)
+    assert [t["id"] for t in far_future.json()["data"]["tasks"]] == list(reversed(made))
+    before_all = client.get(f"/api/v1/tasks?cursor=0-{'f' * 32}", headers=rich.headers)
+    assert before_all.json()["data"] == {"tasks": [], "nextCursor": None}
+
+
 def test_list_requires_auth(client: TestClient) -> None:
     assert_error(client.get("/api/v1/tasks"), 401, "MISSING_AUTH_HEADER")
 
