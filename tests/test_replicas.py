@@ -83,7 +83,19 @@ class Cluster:
 
     def start_api(self, name: str) -> None:
         port = free_port()
-        self.spawn(name, [sys.executable, "-m", "reelgen", "serve", "--host", "127.0.0.1", "--port", str(port)])
+        cmd = [
+            sys.executable,
+            "-m",
+            "reelgen",
+            "serve",
+            "--executor",
+            "none",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        self.spawn(name, cmd)
         url = f"http://127.0.0.1:{port}"
         self.wait(f"{name} to answer /readyz", lambda: _ready(url), START_DEADLINE)
         self.apis.append(url)
