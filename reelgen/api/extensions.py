@@ -33,7 +33,7 @@ def list_tasks(
     account: CurrentAccount,
     status: str | None = Query(None, description="pending, processing, completed, failed or cancelled"),
     limit: int = Query(service.DEFAULT_PAGE_SIZE, description=f"1-{service.MAX_PAGE_SIZE} tasks per page"),
-    cursor: str | None = Query(None, description="nextCursor of the previous page"),
+    cursor: str | None = Query(None, pattern=service.CURSOR_PATTERN, description="nextCursor of the previous page"),
 ) -> dict[str, Any]:
     """The caller's tasks, newest first, in pages: ``{tasks, nextCursor}``."""
     ctx = ctx_of(request)
