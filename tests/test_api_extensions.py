@@ -379,3 +379,25 @@ def test_openapi_documents_the_extensions(client: TestClient) -> None:
     assert "text/event-stream" in paths["/api/v1/tasks/{task_id}/events"]["get"]["responses"]["200"]["content"]
     body = paths["/api/v1/estimate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/GenerateRequest"}
+
+
+def test_events_send_keep_alives_while_nothing_changes(ctx: service.Context, rich: Account) -> None:
+    import anyio
+
+    task_id = service.submit(ctx, rich.id, generate_body())["id"]
+
+    async def collect() -> list[str]:
+        got: list[str] = []
+        stream = await service.task_events(
+            ctx, rich.id, task_id, "http://test/", poll_seconds=0.01, keepalive_seconds=0.05
+        )
+        async for chunk in stream:
+            got.append(chunk)
+            if chunk.startswith(":") and not any(c.startswith(":") for c in got[:-1]):
+                await anyio.to_thread.run_sync(lambda: service.cancel(ctx, rich.id, task_id, "http://test/"))
+        return got
+
+    chunks = anyio.run(collect)
+    assert chunks[0].startswith("id: 1\nevent: status\n") and '"status":"pending"' in chunks[0]
+    assert ": keep-alive\n\n" in chunks
+    assert chunks[-1].startswith("id: 2\nevent: status\n") and '"status":"cancelled"' in chunks[-1]
