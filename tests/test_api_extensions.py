@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -401,3 +404,65 @@ def test_events_send_keep_alives_while_nothing_changes(ctx: service.Context, ric
     assert chunks[0].startswith("id: 1\nevent: status\n") and '"status":"pending"' in chunks[0]
     assert ": keep-alive\n\n" in chunks
     assert chunks[-1].startswith("id: 2\nevent: status\n") and '"status":"cancelled"' in chunks[-1]
+
+
+class ResponseDroppingProxy:
+    """A TCP proxy to the live server that forwards each request but cuts the client's connection as
+    soon as the server starts answering: the server commits, the client never sees the response."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.dropped = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump_requests, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._drop_response, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pump_requests(client: socket.socket, upstream: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                upstream.sendall(data)
+
+    def _drop_response(self, client: socket.socket, upstream: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            if upstream.recv(1):  # the server has committed and begun its answer
+                self.dropped += 1
+        for s in (client, upstream):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_lost_response_is_safe_to_retry(live_api: LiveServer, ctx: service.Context, rich: Account) -> None:
+    """RELIABILITY 7: the connection is cut after the server committed; the retry gets the same task."""
+    proxy = ResponseDroppingProxy(live_api.port)
+    headers = {**rich.headers, "Idempotency-Key": "lost-response"}
+    try:
+        with (
+            httpx.Client(base_url=f"http://127.0.0.1:{proxy.port}", headers=headers, timeout=30) as through_proxy,
+            pytest.raises(httpx.TransportError),
+        ):
+            through_proxy.post("/api/v1/generate", json=generate_body())
+        assert proxy.dropped == 1
+    finally:
+        proxy.close()
+    assert _task_count(ctx, rich) == 1  # the server did commit
+    with httpx.Client(base_url=live_api.url, headers=headers, timeout=30) as direct:
+        retry = direct.post("/api/v1/generate", json=generate_body())
+        assert retry.status_code == 200
+        (task,) = ctx.db.run(lambda conn: tasks.list_for_account(conn, rich.id))
+        assert retry.json()["data"]["id"] == task.id
+        assert _credits(direct, rich) == {"credits": 10_000 - 126, "reserved": 126}
