@@ -609,18 +609,29 @@ def download(ctx: Context, account_id: str, task_id: str, base_url: str) -> dict
 
 @dataclass(frozen=True)
 class ResultFile:
-    path: Path
+    """A stored result to send: ``path`` when the API can serve a local file itself, else None and
+    the route streams ``storage.open(key)`` (remote storage such as a bucket)."""
+
+    key: str
     size: int
     filename: str
+    path: Path | None = None
 
 
 def _result_file(ctx: Context, row: tasks.TaskRow) -> ResultFile:
     if row.status != TaskStatus.COMPLETED or not row.result_key:
         raise ReelgenError(ErrorCode.NO_RESULT, f"The task is {row.status.value}; it has no result yet.")
+    filename = f"{row.id}.mp4"
     path = ctx.storage.local_path(row.result_key)
-    if path is None or not path.exists():
-        raise ReelgenError(ErrorCode.NO_RESULT, "The result file is not available.")
-    return ResultFile(path=path, size=path.stat().st_size, filename=f"{row.id}.mp4")
+    if path is not None:
+        if not path.exists():
+            raise ReelgenError(ErrorCode.NO_RESULT, "The result file is not available.")
+        return ResultFile(key=row.result_key, size=path.stat().st_size, filename=filename, path=path)
+    try:
+        size = ctx.storage.size(row.result_key)
+    except ReelgenError:
+        raise ReelgenError(ErrorCode.NO_RESULT, "The result file is not available.") from None
+    return ResultFile(key=row.result_key, size=size, filename=filename)
 
 
 def result_for_owner(ctx: Context, account_id: str, task_id: str) -> ResultFile:

@@ -6,11 +6,12 @@ import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from reelgen import service
 from reelgen.api.auth import CurrentAccount
+from reelgen.api.streaming import mp4_response
 from reelgen.errors import ErrorCode, ReelgenError
 
 router = APIRouter()
@@ -29,11 +30,8 @@ def base_url(request: Request) -> str:
     return str(request.base_url)
 
 
-def _mp4(result: service.ResultFile) -> FileResponse:
-    # FileResponse answers Range requests (206 / 416) and sets Content-Length itself.
-    return FileResponse(
-        result.path, media_type="video/mp4", filename=result.filename, content_disposition_type="inline"
-    )
+def _mp4(request: Request, result: service.ResultFile) -> Response:
+    return mp4_response(ctx_of(request).storage, result, request.headers.get("range"))
 
 
 GENERATE_BODY = {
@@ -66,18 +64,18 @@ def download(
     request: Request,
     account: CurrentAccount,
     mode: Literal["url", "proxy"] = Query("url", description="proxy streams the MP4 itself (HTTP Range)"),
-) -> dict[str, Any] | FileResponse:
+) -> dict[str, Any] | Response:
     """A signed, expiring URL of the MP4; or the MP4 itself with ``mode=proxy``."""
     ctx = ctx_of(request)
     if mode == "proxy":
-        return _mp4(service.result_for_owner(ctx, account, task_id))
+        return _mp4(request, service.result_for_owner(ctx, account, task_id))
     return ok(service.download(ctx, account, task_id, base_url(request)))
 
 
 @router.get("/api/v1/files/{task_id}.mp4", tags=["tasks"], include_in_schema=False)
-def signed_file(task_id: str, request: Request, expires: str | None = None, token: str | None = None) -> FileResponse:
+def signed_file(task_id: str, request: Request, expires: str | None = None, token: str | None = None) -> Response:
     """The MP4 behind a signed URL (no key needed until it expires)."""
-    return _mp4(service.result_for_token(ctx_of(request), task_id, expires, token))
+    return _mp4(request, service.result_for_token(ctx_of(request), task_id, expires, token))
 
 
 @router.get("/api/v1/credits", tags=["account"])
