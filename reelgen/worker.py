@@ -178,6 +178,10 @@ class Worker:
         log.info("ready: claiming %s tasks", self.profile.name)
 
     # -- the loop ---------------------------------------------------------------------------
+    def wake(self) -> None:
+        """A task may be waiting: look now instead of at the next poll (the Ray engine actor's notify)."""
+        self._wake.set()
+
     def run(self) -> int:
         """Claim and run tasks until asked to drain; returns the exit status (0)."""
         while not self._draining.is_set():

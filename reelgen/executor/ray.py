@@ -84,7 +84,7 @@ class EngineActor:
         return self.worker_id
 
     def wake(self) -> None:
-        self.worker._wake.set()  # what the worker's --parent-pipe wake-up line does
+        self.worker.wake()
 
     def drain(self) -> None:
         """Stop claiming; the current task finishes or is handed back within the grace period."""
