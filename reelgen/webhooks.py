@@ -145,7 +145,10 @@ class Deliverer:
         while not self._stop.is_set():
             try:
                 busy = self.run_once()
-            except Exception:  # the store is down, or a bug: log, wait, go on
+            except ReelgenError as exc:  # the store is unavailable: wait, then try again
+                log.warning("webhook delivery pass failed: %s", exc)
+                busy = 0
+            except Exception:  # a bug: log it with its traceback, and keep delivering
                 log.exception("webhook delivery pass failed")
                 busy = 0
             if not busy:
