@@ -347,6 +347,8 @@ def validate_url(url: str, policy: FetchPolicy) -> ParsedURL:
         raise _refuse(f"The image URL is longer than {MAX_URL_LENGTH} characters.")
     if any(c <= " " or c in "\x7f\\" for c in url):
         raise _refuse("The image URL contains spaces, control characters or backslashes.")
+    if any("\ud800" <= c <= "\udfff" for c in url):  # not text: percent-encoding it would raise
+        raise _refuse("The image URL is not valid text.")
     try:
         split = urllib.parse.urlsplit(url)
         port = split.port

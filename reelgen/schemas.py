@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -62,10 +63,20 @@ def _whole_number(value: Any) -> Any:
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
+def _storable(value: str) -> str:
+    """Refuse NUL: PostgreSQL text cannot hold it (and no prompt needs it)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Prompt = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS), AfterValidator(_storable)]
+
+
 class Shot(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt: StrictStr = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: Prompt = Field(min_length=1)
     duration: WholeNumber = Field(ge=1)
 
     @field_validator("prompt")
@@ -81,7 +92,7 @@ class GenerateInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt: StrictStr = Field(max_length=MAX_PROMPT_CHARS)
+    prompt: Prompt
     duration: WholeNumber = Field(default=5, ge=MIN_DURATION, le=MAX_DURATION)
     mode: Mode = Mode.STANDARD
     audio: StrictBool = True
@@ -149,9 +160,7 @@ def parse_generate(body: Any, models: Collection[str] = MODEL_IDS) -> GenerateRe
     inp = body.get("input")
     prompt = inp.get("prompt") if isinstance(inp, dict) else None
     if not isinstance(inp, dict) or prompt is None or (isinstance(prompt, str) and not prompt.strip()):
-        raise ReelgenError(
-            ErrorCode.MISSING_PROMPT, "The 'input.prompt' field is required and must not be blank."
-        )
+        raise ReelgenError(ErrorCode.MISSING_PROMPT, "The 'input.prompt' field is required and must not be blank.")
     details: list[dict[str, Any]] = [
         {"field": k, "message": "unknown field"} for k in body if k not in ("model", "input", "callback_url")
     ]

@@ -4,6 +4,7 @@ errors, and the regressions the contract fuzzing run found (``tests/test_contrac
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from reelgen.store.tables import movements, tasks
 from tests.api_fixtures import make_ctx, make_settings
 from tests.factories import generate_body, make_account
 from tests.leaks import leaks
+from tests.store_fixtures import T0, submit
 
 LIMIT = 64 * 1024
 ONE_MB = 1024 * 1024
@@ -100,6 +102,23 @@ def test_a_prompt_over_the_cap_is_refused_before_any_hold(client: TestClient, ct
 
 
 #: (method, path, request arguments); the caller's key is sent unless ``headers`` replaces it.
+@pytest.mark.parametrize("limit", [0, 101, 10_000, -1])
+def test_a_page_size_outside_1_to_100_is_refused(client: TestClient, ctx: service.Context, limit: int) -> None:
+    account = make_account(ctx, credits=1000)
+    r = client.get(f"/api/v1/tasks?limit={limit}", headers=account.headers)
+    error = _assert_error(r, 400, "INVALID_INPUT")
+    assert error["details"][0]["field"] == "query.limit"
+
+
+def test_the_largest_page_is_100(client: TestClient, ctx: service.Context) -> None:
+    account = make_account(ctx, credits=10**6)
+    for i in range(101):  # straight into the store: the per-account active-task cap is not under test here
+        submit(ctx.db, account.id, 10, now=T0 + timedelta(seconds=i))
+    page = client.get("/api/v1/tasks?limit=100", headers=account.headers).json()["data"]
+    assert len(page["tasks"]) == 100 and page["nextCursor"]
+    assert len(client.get("/api/v1/tasks", headers=account.headers).json()["data"]["tasks"]) == 20  # the default
+
+
 ERROR_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/v1/credits", {"headers": {}}),
     ("GET", "/api/v1/credits", {"headers": {"Authorization": "Basic abc"}}),
@@ -119,6 +138,8 @@ ERROR_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/v1/tasks/x/download?mode=ftp", {}),
     ("GET", "/api/v1/files/x.mp4?expires=1&token=abc", {}),
     ("GET", "/api/v1/models?type=image", {}),
+    ("GET", "/api/v1/tasks?limit=1000&status=done&cursor=%00", {}),
+    ("POST", "/api/v1/tasks/00000000000000000000000000000000/cancel", {}),
     ("DELETE", "/api/v1/credits", {}),
     ("GET", "/no/such/route", {}),
 ]
@@ -162,6 +183,24 @@ def _count_tasks(ctx: service.Context) -> int:
 
 
 @pytest.mark.parametrize(
+    "inp",
+    [
+        {"prompt": "a fox\x00"},
+        {"prompt": "a fox", "multi_shots": True, "multi_prompt": [{"prompt": "\x00", "duration": 5}], "duration": 5},
+    ],
+    ids=["prompt", "shot-prompt"],
+)
+def test_regression_nul_in_a_prompt_is_400_not_500(client: TestClient, ctx: service.Context, inp: Any) -> None:
+    """PostgreSQL text cannot store NUL: the insert raised and the API answered 500."""
+    account = make_account(ctx, credits=1000)
+    r = client.post("/api/v1/generate", json={"model": TEXT_TO_VIDEO, "input": inp}, headers=account.headers)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "INVALID_INPUT" and "NUL" in error["details"][0]["message"]
+    assert _count_tasks(ctx) == 0 and ctx.db.run(lambda c: ledger.balance(c, account.id)).available == 1000
+
+
+@pytest.mark.parametrize(
     "raw",
     [
         b'{"model": "kling-3-0-text-to-video", "input": {"prompt": "ok"}, "\\ud800": 1}',
@@ -190,3 +229,19 @@ def test_regression_an_empty_shot_list_without_multi_shots_is_accepted_as_docume
     assert client.post("/api/v1/generate", json=body, headers=account.headers).status_code == 200
     body = generate_body(multi_shots=False, multi_prompt=[{"prompt": "a", "duration": 3}])
     assert client.post("/api/v1/generate", json=body, headers=account.headers).status_code == 400
+
+
+PNG_1X1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010800000000"
+    "3a7e9b550000000a49444154789c63600000000200014873b5710000000049454e44ae426082"
+)
+
+
+def test_regression_a_multipart_upload_with_a_second_field_is_refused(client: TestClient, ctx: service.Context) -> None:
+    """The document allows one field, ``file``; the server took one extra text field (but not two)."""
+    account = make_account(ctx, credits=10)
+    files = {"file": ("a.png", PNG_1X1, "image/png")}
+    r = client.post("/api/v1/upload", files=files, data={"note": "42"}, headers=account.headers)
+    error = _assert_error(r, 400, "INVALID_INPUT")
+    assert error["details"] == [{"field": "body", "message": "unexpected field 'note'"}]
+    assert client.post("/api/v1/upload", files=files, headers=account.headers).status_code == 200

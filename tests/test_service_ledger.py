@@ -97,8 +97,8 @@ def test_service_lifecycle_state_machine_keeps_the_invariants(tmp_path: Path, db
     run_state_machine_as_test(
         ServiceMachine,
         settings=settings(
-            max_examples=20,
-            stateful_step_count=30,
+            max_examples=50,
+            stateful_step_count=50,
             deadline=None,
             database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

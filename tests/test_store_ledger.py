@@ -473,11 +473,12 @@ def _machine(db: Database) -> type[RuleBasedStateMachine]:
         @rule(task=submitted)
         def cancel(self, task: str) -> None:
             m = self.model[task]
-            if m.status in (TaskStatus.PENDING, TaskStatus.CANCELLED):
+            # pending and processing tasks are cancelled (a processing one's worker is fenced out)
+            if m.status in (TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.CANCELLED):
                 row = db.run(lambda c: tasks.cancel(c, task, self.now), immediate=True)
                 assert row.status is TaskStatus.CANCELLED
-                if m.status is TaskStatus.PENDING:
-                    m.status = TaskStatus.CANCELLED
+                if m.status is not TaskStatus.CANCELLED:
+                    m.status, m.lease_until = TaskStatus.CANCELLED, None
                     self._move(m.account, reserved=-m.price, available=m.price)
             else:
                 with pytest.raises(ReelgenError) as info:

@@ -9,17 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reelgen import __version__, service
 from reelgen.api import errors, extensions
+from reelgen.api.openapi import document
 from reelgen.api.routes import router
 from reelgen.config import Settings
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.schemas import GenerateRequest
 from reelgen.webhooks import Deliverer
 
 log = logging.getLogger("reelgen.api")
@@ -148,15 +147,7 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        req = GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(req.pop("$defs", {}))
-        components["GenerateRequest"] = req
-        app.openapi_schema = schema
-        return schema
+        return document(app)
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(RateLimitHeaders)

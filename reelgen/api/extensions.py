@@ -5,7 +5,7 @@ function, render; no SQL, pricing or HTTPException here."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -18,6 +18,8 @@ from reelgen.api.routes import GENERATE_BODY, base_url, ctx_of, ok
 from reelgen.errors import ErrorCode, ReelgenError
 
 router = APIRouter()
+#: ``status`` filter values, so the OpenAPI document states them (the service checks them too)
+TaskStatusName = Literal["pending", "processing", "completed", "failed", "cancelled"]
 
 
 async def json_body(request: Request) -> Any:
@@ -31,8 +33,12 @@ async def json_body(request: Request) -> Any:
 def list_tasks(
     request: Request,
     account: CurrentAccount,
-    status: str | None = Query(None, description="pending, processing, completed, failed or cancelled"),
-    limit: int = Query(service.DEFAULT_PAGE_SIZE, description=f"1-{service.MAX_PAGE_SIZE} tasks per page"),
+    status: Annotated[
+        TaskStatusName | None, Query(description="pending, processing, completed, failed or cancelled")
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=service.MAX_PAGE_SIZE, description=f"1-{service.MAX_PAGE_SIZE} tasks per page")
+    ] = service.DEFAULT_PAGE_SIZE,
     cursor: str | None = Query(None, pattern=service.CURSOR_PATTERN, description="nextCursor of the previous page"),
 ) -> dict[str, Any]:
     """The caller's tasks, newest first, in pages: ``{tasks, nextCursor}``."""
@@ -80,7 +86,13 @@ UPLOAD_BODY = {
         "image/jpeg": _BINARY,
         "image/webp": _BINARY,
         "multipart/form-data": {
-            "schema": {"type": "object", "properties": {"file": _BINARY["schema"]}, "required": ["file"]}
+            # one field only (image_body parses with max_fields=1): a form with more is refused
+            "schema": {
+                "type": "object",
+                "properties": {"file": _BINARY["schema"]},
+                "required": ["file"],
+                "additionalProperties": False,
+            }
         },
     },
 }
@@ -91,6 +103,13 @@ async def image_body(request: Request) -> bytes:
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         return await request.body()
     async with request.form(max_files=1, max_fields=1) as form:  # closes the spooled files
+        extra = [name for name in form if name != "file"]
+        if extra:
+            raise ReelgenError(
+                ErrorCode.INVALID_INPUT,
+                "Invalid image: a multipart upload carries one field, 'file'.",
+                details=[{"field": "body", "message": f"unexpected field {extra[0][:100]!r}"}],
+            )
         file = form.get("file")
         if not isinstance(file, UploadFile):
             raise ReelgenError(

@@ -1,0 +1,286 @@
+"""The OpenAPI document: FastAPI's generated paths, completed with what the routes really answer.
+
+Routes return plain dicts (one envelope for every route), so FastAPI alone describes every
+response as "any object" plus a 422 that we never send. ``document(app)`` rewrites that into the
+contract: each operation's success envelope ``{"success": true, "data": <model>}``, the error
+envelope under every status the route can answer (``ERROR_STATUSES``), the bearer scheme and a
+request body that says what ``schemas.parse_generate`` accepts. Schemathesis runs against this
+document in CI (``tests/test_contract.py``), so it must stay exact: a status the server sends
+but the document lacks, or a body that does not match, fails that run.
+
+An operation missing from ``SUCCESS`` still gets the error envelope and the generic statuses;
+its success body is described as an envelope around any JSON value.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from reelgen.schemas import (
+    IMAGE_TO_VIDEO,
+    MAX_DURATION,
+    MAX_PROMPT_CHARS,
+    MIN_DURATION,
+    TEXT_TO_VIDEO,
+    AspectRatio,
+    CreditsView,
+    DownloadView,
+    GenerateAccepted,
+    Mode,
+    ModelView,
+    TaskView,
+)
+
+REF = "#/components/schemas/{model}"
+#: ``schemas.GenerateInput`` compares the scheme case-insensitively.
+IMAGE_URL = "^([hH][tT][tT][pP][sS]?://|[dD][aA][tT][aA]:[iI][mM][aA][gG][eE]/)"
+#: A prompt: no NUL (PostgreSQL text cannot hold it) and at least one character ``str.strip()`` keeps
+#: (``MISSING_PROMPT`` otherwise). Whitespace is spelled out rather than ``\s``, because Python's and
+#: ECMA-262's whitespace classes differ (\x1c-\x1f and \x85 against \ufeff).
+_WS = "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+PROMPT = f"^[^\\x00]*[^\\x00{_WS}][^\\x00]*$"
+
+# the statuses each kind of operation can answer besides its success
+_ALWAYS = (400, 413, 429, 503)
+_AUTH = (401,)
+_TASK = (404,)
+ERROR_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
+    ("post", "/api/v1/generate"): (*_ALWAYS, *_AUTH, 402, 409, 422),
+    ("get", "/api/v1/tasks/{task_id}"): (*_ALWAYS, *_AUTH, *_TASK),
+    ("get", "/api/v1/tasks/{task_id}/download"): (*_ALWAYS, *_AUTH, *_TASK, 409, 416),
+    ("get", "/api/v1/credits"): (*_ALWAYS, *_AUTH),
+    ("get", "/api/v1/models"): (400, 413, 429),
+    ("get", "/healthz"): (400, 413),
+    ("get", "/readyz"): (400, 413, 503),
+}
+_DEFAULT_ERRORS = (*_ALWAYS, *_AUTH, *_TASK, 409)
+
+_DESCRIPTIONS = {
+    400: "Invalid request (INVALID_JSON, MISSING_MODEL, INVALID_MODEL, MISSING_PROMPT, INVALID_INPUT)",
+    401: "Missing or invalid API key (MISSING_AUTH_HEADER, INVALID_AUTH_FORMAT, INVALID_KEY_FORMAT, INVALID_API_KEY)",
+    402: "Not enough available credits (INSUFFICIENT_CREDITS); nothing is reserved",
+    403: "Forbidden",
+    404: "No such task for this key (TASK_NOT_FOUND), or no such route (NOT_FOUND)",
+    409: "The task has no result yet (NO_RESULT) or cannot be cancelled (NOT_CANCELLABLE)",
+    413: "The request body is over the server's limit (PAYLOAD_TOO_LARGE)",
+    416: "The requested byte range is outside the file",
+    422: "The Idempotency-Key was used with another body (IDEMPOTENCY_KEY_REUSED)",
+    429: "Too many requests (RATE_LIMITED); retry after Retry-After seconds",
+    503: "The database is busy or unreachable (SERVICE_UNAVAILABLE); retry after Retry-After seconds",
+}
+
+
+class _Health(BaseModel):
+    status: str
+
+
+class _Ready(BaseModel):
+    status: str
+    profile: str
+    randomWeights: bool
+
+
+# (method, path) -> the model of ``data`` in the success envelope (a list: ``data`` is an array of it)
+SUCCESS: dict[tuple[str, str], type[BaseModel] | list[type[BaseModel]]] = {
+    ("post", "/api/v1/generate"): GenerateAccepted,
+    ("get", "/api/v1/tasks/{task_id}"): TaskView,
+    ("get", "/api/v1/tasks/{task_id}/download"): DownloadView,
+    ("get", "/api/v1/credits"): CreditsView,
+    ("get", "/api/v1/models"): [ModelView],
+    ("get", "/healthz"): _Health,
+    ("get", "/readyz"): _Ready,
+}
+#: Operations that may answer with the MP4 itself (``?mode=proxy``), whole or a byte range.
+VIDEO: set[tuple[str, str]] = {("get", "/api/v1/tasks/{task_id}/download")}
+
+
+def error_envelope_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["success", "error"],
+        "additionalProperties": False,
+        "properties": {
+            "success": {"const": False},
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "additionalProperties": False,
+                "properties": {
+                    "code": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$"},
+                    "message": {"type": "string"},
+                    "details": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["field", "message"],
+                            "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+def _success_schema(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["success", "data"],
+        "properties": {"success": {"const": True}, "data": data},
+    }
+
+
+def _input_schema(model: str) -> dict[str, Any]:
+    shot = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["prompt", "duration"],
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": PROMPT},
+            "duration": {"type": "integer", "minimum": 1},
+        },
+    }
+    props: dict[str, Any] = {
+        "prompt": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_PROMPT_CHARS,
+            "pattern": PROMPT,
+            "description": "What to generate: not blank, no NUL.",
+        },
+        "duration": {"type": "integer", "minimum": MIN_DURATION, "maximum": MAX_DURATION, "default": 5},
+        "mode": {"type": "string", "enum": [m.value for m in Mode], "default": Mode.STANDARD.value},
+        "audio": {"type": "boolean", "default": True},
+        "multi_shots": {
+            "type": "boolean",
+            "default": False,
+            "description": "true needs multi_prompt, whose shot durations add up to duration.",
+        },
+        "multi_prompt": {"type": ["array", "null"], "items": shot},
+    }
+    required = ["prompt"]
+    if model == TEXT_TO_VIDEO:
+        props["aspect_ratio"] = {"enum": [*(a.value for a in AspectRatio), None], "default": "16:9"}
+    else:
+        props["image_urls"] = {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 2,
+            "items": {"type": "string", "pattern": IMAGE_URL},
+            "description": "1 image (start frame) or 2 (start and end frame): http(s) URLs or data:image/ URIs.",
+        }
+        required.append("image_urls")
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": required,
+        "properties": props,
+        # multi_shots: true needs shots; otherwise shots are refused (an empty list or null is no shots)
+        "if": {"required": ["multi_shots"], "properties": {"multi_shots": {"const": True}}},
+        "then": {"required": ["multi_prompt"], "properties": {"multi_prompt": {"type": "array", "minItems": 1}}},
+        "else": {"properties": {"multi_prompt": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}},
+    }
+
+
+def generate_request_schema() -> dict[str, Any]:
+    """What ``POST /api/v1/generate`` accepts, one variant per model (``model`` tells them apart)."""
+    variants = []
+    for model in (TEXT_TO_VIDEO, IMAGE_TO_VIDEO):
+        variants.append(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["model", "input"],
+                "properties": {"model": {"const": model}, "input": _input_schema(model)},
+            }
+        )
+    return {"title": "GenerateRequest", "oneOf": variants}
+
+
+def _model_ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=REF, mode="serialization")
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__.lstrip("_")] = schema
+    return {"$ref": REF.format(model=model.__name__.lstrip("_"))}
+
+
+def _responses(key: tuple[str, str], declared: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """The operation's responses: its success envelope (a route that declares only another media
+    type, such as Server-Sent Events, keeps that) and the error envelope under each status."""
+    declared_ok = declared.get("200", {})
+    if "content" in declared_ok and "application/json" not in declared_ok["content"]:
+        return {"200": declared_ok, **_errors(key)}
+    wanted = SUCCESS.get(key)
+    if isinstance(wanted, list):
+        data: dict[str, Any] = {"type": "array", "items": _model_ref(wanted[0], components)}
+    elif wanted is not None:
+        data = _model_ref(wanted, components)
+    else:
+        data = {}
+    ok: dict[str, Any] = {"application/json": {"schema": _success_schema(data)}}
+    responses: dict[str, Any] = {}
+    if key in VIDEO:
+        video = {"schema": {"type": "string", "format": "binary"}}
+        ok["video/mp4"] = video
+        responses["206"] = {"description": "Part of the MP4 (mode=proxy, Range)", "content": {"video/mp4": video}}
+    responses["200"] = {"description": "Success", "content": ok}
+    responses.update(_errors(key))
+    return dict(sorted(responses.items()))
+
+
+def _errors(key: tuple[str, str]) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    error = {"application/json": {"schema": {"$ref": REF.format(model="ErrorEnvelope")}}}
+    for status in sorted(ERROR_STATUSES.get(key, _DEFAULT_ERRORS)):
+        entry: dict[str, Any] = {"description": _DESCRIPTIONS.get(status, "Error"), "content": error}
+        if status in (429, 503):
+            entry["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+        responses[str(status)] = entry
+    return dict(sorted(responses.items()))
+
+
+def document(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document (built once and cached on the app)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components: dict[str, Any] = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    components["ErrorEnvelope"] = error_envelope_schema()
+    components["GenerateRequest"] = generate_request_schema()
+    paths = schema.get("paths", {})
+    for path, item in paths.items():
+        for method, op in item.items():
+            op["responses"] = _responses((method, path), op.get("responses", {}), components)
+    _link_task_routes(paths)
+    app.openapi_schema = copy.deepcopy(schema)
+    return app.openapi_schema
+
+
+#: (method, path) of the operation creating a task -> the operations that take its id as ``task_id``
+TASK_CREATORS = (("post", "/api/v1/generate"),)
+
+
+def _link_task_routes(paths: dict[str, Any]) -> None:
+    """OpenAPI links from each task-creating response to every operation taking ``{task_id}``,
+    so clients (and schemathesis' stateful phase) know where a new task's id goes."""
+    takers = {
+        f"{method}{path}".replace("/", "_").replace("{", "").replace("}", ""): op["operationId"]
+        for path, item in paths.items()
+        if "{task_id}" in path
+        for method, op in item.items()
+        if "operationId" in op
+    }
+    for method, path in TASK_CREATORS:
+        ok = paths.get(path, {}).get(method, {}).get("responses", {}).get("200")
+        if ok is not None:
+            ok["links"] = {
+                name: {"operationId": op_id, "parameters": {"task_id": "$response.body#/data/id"}}
+                for name, op_id in sorted(takers.items())
+            }

@@ -1,0 +1,68 @@
+"""Schemathesis hooks for the contract run (``SCHEMATHESIS_HOOKS=tests.contract_hooks``).
+
+``no_leaks`` (RELIABILITY 19) reads every response of the run with ``tests.leaks.leaks``: no body
+may carry a Python traceback, a source file, an absolute server path, a database driver's exception
+or, in an error, an internal address. ``filter_failure`` waives the refusals JSON Schema cannot
+predict: the shot-duration sum of ``/generate`` and an upload that is no image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import schemathesis
+
+from tests.leaks import leaks
+
+
+def _sent(case: Any, response: Any) -> str:
+    request = response.request
+    parts = [str(request.url), str(getattr(request, "body", b"") or b""), repr(case.body), repr(case.query)]
+    parts.append(repr(case.path_parameters))
+    parts.append(repr(case.headers))
+    return "\n".join(parts)
+
+
+@schemathesis.check
+def no_leaks(ctx: Any, response: Any, case: Any) -> bool | None:
+    """No traceback, source file, server path, driver error or (in errors) internal address."""
+    body = response.text if isinstance(response.text, str) else ""
+    found = leaks(body, _sent(case, response), error=response.status_code >= 400)
+    if found:
+        raise AssertionError(f"the {response.status_code} response leaks {', '.join(found)}: {body[:500]!r}")
+    return None
+
+
+def shots_disagree_with_duration(body: Any) -> bool:
+    """A multi-shot body whose shot durations do not add up to ``duration`` (default 5).
+
+    The one rule of ``POST /api/v1/generate`` that JSON Schema cannot state (a sum across
+    fields), so schema-valid bodies may break it; the server refuses them with 400 INVALID_INPUT.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
+        return False
+    inp = body["input"]
+    shots = inp.get("multi_prompt")
+    if inp.get("multi_shots") is not True or not isinstance(shots, list):
+        return False
+    total = sum(s.get("duration", 0) for s in shots if isinstance(s, dict) and isinstance(s.get("duration"), int))
+    return bool(total != inp.get("duration", 5))
+
+
+@schemathesis.hook
+def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
+    """Keep every failure except a schema-valid request refused for a rule no schema can state: shot
+    durations that do not add up, or an upload that is not a decodable image."""
+    if failure.code != "ST202" or response.status_code != 400:
+        return True
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return True
+    if error.get("code") != "INVALID_INPUT":
+        return True
+    if shots_disagree_with_duration(case.body) and "shot durations add up to" in error.get("message", ""):
+        return False
+    fields = [d.get("field") for d in error.get("details", [])]
+    # an upload must decode as a JPEG, PNG or WEBP image; a schema can only say "binary"
+    return not (fields == ["file"] and case.operation.path == "/api/v1/upload")
