@@ -114,6 +114,8 @@ class GenerateInput(BaseModel):
                 raise ValueError(
                     "each image must be an http(s) URL, a data:image/...;base64, URI or a reelgen-upload:// URL"
                 )
+            if any("\ud800" <= c <= "\udfff" for c in url):  # stored, then echoed: UTF-8 must encode it
+                raise ValueError("each image URL must be valid text (no lone surrogates)")
         return v
 
     @model_validator(mode="after")

@@ -71,8 +71,21 @@ def generate_bodies(draw: st.DrawFn) -> Any:
     return body
 
 
+@st.composite
+def valid_bodies_with_odd_text(draw: st.DrawFn) -> Any:
+    """A body the parser accepts but for the text of its prompts, which carries the odd characters."""
+    duration = draw(st.integers(3, 15))
+    inp: dict[str, Any] = {"prompt": draw(text), "duration": duration}
+    if draw(st.booleans()):
+        inp.update(multi_shots=True, multi_prompt=[{"prompt": draw(text), "duration": duration}])
+    model = draw(st.sampled_from([TEXT_TO_VIDEO, IMAGE_TO_VIDEO]))
+    if model == IMAGE_TO_VIDEO:
+        inp["image_urls"] = ["https://example.com/" + draw(text)]
+    return {"model": model, "input": inp}
+
+
 @FUZZ
-@given(generate_bodies())
+@given(generate_bodies() | valid_bodies_with_odd_text())
 def test_generate_parser_on_shaped_bodies(body: Any) -> None:
     check_generate_body(body)
 

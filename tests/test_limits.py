@@ -245,3 +245,17 @@ def test_regression_a_multipart_upload_with_a_second_field_is_refused(client: Te
     error = _assert_error(r, 400, "INVALID_INPUT")
     assert error["details"] == [{"field": "body", "message": "unexpected field 'note'"}]
     assert client.post("/api/v1/upload", files=files, headers=account.headers).status_code == 200
+
+
+def test_regression_a_lone_surrogate_in_an_image_url_is_refused_at_submit(
+    client: TestClient, ctx: service.Context
+) -> None:
+    """Found by tests/test_fuzz_parsers.py: the parser accepted it, the task was stored, and from
+    then on every read of the task (and the account's task list) failed to encode: 500."""
+    account = make_account(ctx, credits=1000)
+    raw = b'{"model": "kling-3-0-image-to-video", "input": {"prompt": "a", "image_urls": ["https://example.com/\\ud800"]}}'
+    r = client.post("/api/v1/generate", content=raw, headers={**account.headers, "Content-Type": "application/json"})
+    error = _assert_error(r, 400, "INVALID_INPUT")
+    assert error["details"][0]["field"] == "input.image_urls"
+    assert _count_tasks(ctx) == 0
+    assert client.get("/api/v1/tasks", headers=account.headers).status_code == 200
