@@ -76,9 +76,7 @@ def _mode_spec(name: str, mode: str, raw: dict[str, Any]) -> ModeSpec:
         multiple = 64 if two_stage else 32
         for aspect, (w, h) in sizes.items():
             if w % multiple or h % multiple:
-                raise _bad(
-                    name, f"{mode} {aspect.value} size {w}x{h}: each side must be a multiple of {multiple}"
-                )
+                raise _bad(name, f"{mode} {aspect.value} size {w}x{h}: each side must be a multiple of {multiple}")
         spec = ModeSpec(
             sizes=sizes,
             steps=int(raw["steps"]),
