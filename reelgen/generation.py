@@ -10,7 +10,6 @@ and ``render``, in this process, with no server.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import re
 import sys
@@ -114,15 +113,6 @@ def _check_clip(job: Job, clip: Clip, seconds: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # reelgen generate --local
 # ---------------------------------------------------------------------------------------------
-def _sniff(data: bytes) -> str:
-    """The data: URI media type for image bytes (the decoder checks the content again)."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "image/png"
-
-
 def _image_url(value: str) -> str:
     """An ``--image`` value as the API takes it: URLs and data URIs as given, a local file as a data URI."""
     if value[:16].lower().startswith(("http://", "https://", "data:")):
@@ -130,8 +120,9 @@ def _image_url(value: str) -> str:
     path = Path(value).expanduser()
     if not path.is_file():
         raise ReelgenError(ErrorCode.INVALID_IMAGE, f"--image {value!r}: no such file")
-    data = path.read_bytes()
-    return f"data:{_sniff(data)};base64,{base64.b64encode(data).decode()}"
+    from reelgen.client import data_uri
+
+    return data_uri(path)
 
 
 def _shot(value: str) -> dict[str, Any]:
