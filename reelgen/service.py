@@ -116,15 +116,6 @@ def _bearer_key(authorization: str | None) -> str:
     return key
 
 
-def authenticate(ctx: Context, authorization: str | None) -> str:
-    """``Authorization`` header → account id, or the contract's 401 codes."""
-    key = _bearer_key(authorization)
-    account_id = ctx.db.run(lambda conn: keys.verify_key(conn, key, ctx.secret, ctx.clock()))
-    if account_id is None:
-        raise ReelgenError(ErrorCode.INVALID_API_KEY, "Invalid API key.")
-    return account_id
-
-
 @dataclass(frozen=True)
 class Admission:
     account_id: str
