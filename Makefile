@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# Lightricks' reference (tests/test_reference_parity.py): its pure modules only, without the torchaudio
+	# (and another torch) its metadata asks for
+	$(BIN)/pip install -q --no-deps ltx-core==1.0.0 ltx-pipelines==1.0.0
 	# s3rver (Node.js): an S3 stand-in that checks presigned-URL expiry, for tests/test_storage_s3.py
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/node s3rver@3.7.1
 	touch $(STAMP)

@@ -72,6 +72,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     profile = get_profile(settings.profile, settings.profiles_file, weights=settings.weights)
+    if settings.executor != "none":
+        from reelgen.engines import check_profile
+
+        # LoRA files and STG blocks against the model's architecture (configs and file headers only):
+        # a bad profile stops here, never mid-task
+        check_profile(profile, settings.load_format)
     if profile.is_tiny or settings.load_format == "dummy":
         print(
             f"reelgen: profile {profile.name} uses RANDOM weights - every video it makes is noise "

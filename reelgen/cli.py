@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -180,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
     p.add_argument("--device", default=None, help="with --local: cpu or cuda:N (default: cuda:0 if present)")
     p.add_argument("--seed", type=int, default=0, help="with --local: the generation seed")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the plan of the request as JSON (stages, sizes, sigmas, guidance, LoRAs, conditions) "
+        "for --profile, without loading weights or generating",
+    )
 
     tasks = sub.add_parser("tasks", help="your tasks on the server").add_subparsers(dest="action", required=True)
     p = tasks.add_parser("get", help="a task's status; with -o, save its video")
@@ -210,8 +215,9 @@ def _emit(data: Any) -> None:
 
 
 def _output_path(prompt: str) -> Path:
-    slug = "-".join(re.findall(r"[a-z0-9]+", prompt.lower())[:6]) or "video"
-    return Path(f"{slug}.mp4")
+    from reelgen.local import output_path
+
+    return output_path(prompt)
 
 
 @contextmanager
@@ -237,7 +243,7 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from reelgen.generation import build_body
+    from reelgen.local import build_body
 
     body = build_body(args)
     with _client(args) as client:
@@ -351,10 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (see ``EXIT_HELP``)."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "generate" and args.local:
-            from reelgen.generation import run_local
+        if args.command == "generate" and (args.local or args.plan):
+            from reelgen.local import print_plan, run_local
 
-            return run_local(args)
+            return print_plan(args) if args.plan else run_local(args)
         verb = _user_verb(args)
         if verb is not None:
             result: int = verb(args)

@@ -92,7 +92,7 @@ def test_generate_tasks_credits_models(
         assert summary["creditsUsed"] == 126 and summary["creditsRemaining"] == 1000 - 126 - 84 - 126
         assert summary["hasAudio"] is True and summary["file"] == str(tmp_path / "card.mp4")
         info = media.probe(tmp_path / "card.mp4")
-        assert (info.width, info.height) == (96, 64) and abs(info.duration - 3.0) <= 1 / 24 + 1e-6
+        assert (info.width, info.height) == (128, 72) and abs(info.duration - 3.0) <= 1 / 24 + 1e-6
 
         # the task queued first ran first: fetch it and its video
         code, out, _ = run(capsys, "tasks", "get", queued, "-o", str(tmp_path / "queued.mp4"))

@@ -91,7 +91,7 @@ async def async_flow(url: str, key: str, task_id: str, failed_id: str, tmp_path:
         assert again.video_url == done.video_url and balance.reserved in (0, 126)
         out = await api.download(done, tmp_path / "async.mp4", proxy=True)
         info = media.probe(out)
-        assert (info.width, info.height) == (96, 64) and info.has_audio
+        assert (info.width, info.height) == (128, 72) and info.has_audio
         assert abs(info.duration - 3.0) <= 1 / 24 + 1e-6
         signed = await api.download(done, tmp_path / "async-signed.mp4")
         assert signed.read_bytes() == out.read_bytes()
@@ -134,7 +134,7 @@ def test_generate_wait_download_and_a_failed_task(tmp_path: Path, db: Any, monke
         out = api.download(done, tmp_path / "new" / "card.mp4")
         assert out == tmp_path / "new" / "card.mp4" and sorted(p.name for p in out.parent.iterdir()) == ["card.mp4"]
         info = media.probe(out)
-        assert (info.width, info.height) == (64, 96) and not info.has_audio
+        assert (info.width, info.height) == (72, 128) and not info.has_audio
         assert abs(info.duration - 3.0) <= 1 / 24 + 1e-6
         proxied = api.download(done.id, tmp_path / "proxied.mp4", proxy=True)
         assert proxied.read_bytes() == out.read_bytes()

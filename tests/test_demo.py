@@ -24,4 +24,4 @@ def test_demo_script(tmp_path: Path) -> None:
     t2v = media.probe(tmp_path / "out" / "text-to-video.mp4")
     i2v = media.probe(tmp_path / "out" / "image-to-video.mp4")
     assert abs(t2v.duration - 5) <= 1 / 24 + 1e-6 and t2v.has_audio
-    assert abs(i2v.duration - 3) <= 1 / 24 + 1e-6 and (i2v.width, i2v.height) == (96, 64)
+    assert abs(i2v.duration - 3) <= 1 / 24 + 1e-6 and (i2v.width, i2v.height) == (128, 72)

@@ -61,7 +61,7 @@ def test_text_to_video_end_to_end(live: LiveServer, ctx: service.Context, owner:
         path = tmp_path / "out.mp4"
         path.write_bytes(raw)
         info = media.probe(path)
-        assert (info.width, info.height) == (96, 64) and info.has_audio
+        assert (info.width, info.height) == (128, 72) and info.has_audio
         assert abs(info.duration - 3.0) <= 1 / 24 + 1e-6
 
         # proxy with Range

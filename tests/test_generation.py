@@ -55,7 +55,7 @@ def test_audio_off_has_no_audio_stream(tmp_path: Path, tiny_engine: Engine, tiny
     job = job_for(tiny_profile, audio=False)
     out = tmp_path / "silent.mp4"
     info = render(job, tiny_engine, out)
-    check_file(out, info, size=(96, 64), seconds=3, audio=False)
+    check_file(out, info, size=(128, 72), seconds=3, audio=False)
 
 
 def test_professional_two_stage(tmp_path: Path, tiny_engine: Engine, tiny_profile: Profile) -> None:
@@ -70,7 +70,7 @@ def test_durations(tmp_path: Path, tiny_engine: Engine, tiny_profile: Profile, s
     job = job_for(tiny_profile, duration=seconds)
     out = tmp_path / f"{seconds}.mp4"
     info = render(job, tiny_engine, out)
-    check_file(out, info, size=(96, 64), seconds=seconds, audio=True)
+    check_file(out, info, size=(128, 72), seconds=seconds, audio=True)
 
 
 def test_multi_shot_three_shots(tmp_path: Path, tiny_engine: Engine, tiny_profile: Profile) -> None:
@@ -84,10 +84,10 @@ def test_multi_shot_three_shots(tmp_path: Path, tiny_engine: Engine, tiny_profil
     progress: list[tuple[int, int]] = []
     out = tmp_path / "shots.mp4"
     info = render(job, tiny_engine, out, lambda d, t: progress.append((d, t)) is None)
-    check_file(out, info, size=(96, 64), seconds=5, audio=True)
+    check_file(out, info, size=(128, 72), seconds=5, audio=True)
     # progress runs once over the whole job, across the three generations
     assert progress == [(i, job.total_steps) for i in range(1, job.total_steps + 1)]
-    assert job.total_steps == 3 * job.steps
+    assert job.total_steps == sum(s.steps for s in job.segments) == 3 * job.segments[0].steps
 
 
 def test_render_reports_stage_timings_and_muxing(tmp_path: Path, tiny_engine: Engine, tiny_profile: Profile) -> None:
@@ -105,11 +105,12 @@ def test_cancel_mid_job_leaves_no_file(tmp_path: Path, tiny_engine: Engine, tiny
 
     def stop_in_second_shot(done: int, total: int) -> bool:
         seen.append(done)
-        return done < job.steps + 1
+        return done < first + 1
 
+    first = job.segments[0].steps
     with pytest.raises(Cancelled):
         render(job, tiny_engine, tmp_path / "never.mp4", stop_in_second_shot)
-    assert seen == list(range(1, job.steps + 2))
+    assert seen == list(range(1, first + 2))
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
 
 
@@ -125,8 +126,8 @@ class ShotShadeEngine:
         frames = np.full((n, job.height, job.width, 3), 40 * (index + 1), dtype=np.uint8)
         t = np.arange(segment.seconds * 24000, dtype=np.float32) / 24000
         audio = np.stack([0.3 * np.sin(2 * np.pi * 220 * (index + 1) * t)] * 2).astype(np.float32)
-        for step in range(1, job.steps + 1):
-            if on_step is not None and on_step(step, job.steps) is False:
+        for step in range(1, segment.steps + 1):
+            if on_step is not None and on_step(step, segment.steps) is False:
                 raise Cancelled()
         return Clip(
             frames=frames, fps=job.fps, audio=audio if job.audio else None, sample_rate=24000 if job.audio else None
@@ -138,7 +139,7 @@ def test_cuts_land_at_the_requested_times(tmp_path: Path, tiny_profile: Profile)
     job = job_for(tiny_profile, duration=6, multi_shots=True, multi_prompt=shots)
     out = tmp_path / "cuts.mp4"
     info = render(job, ShotShadeEngine(), out)
-    check_file(out, info, size=(96, 64), seconds=6, audio=True)
+    check_file(out, info, size=(128, 72), seconds=6, audio=True)
     with av.open(str(out)) as c:
         shades = [int(f.to_ndarray(format="rgb24").mean().round()) for f in c.decode(video=0)]
     expected = [40] * 48 + [80] * 72 + [120] * 24
@@ -183,7 +184,7 @@ def test_cli_text_to_video(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     )
     assert rc == 0, stderr
     assert f"wrote {out}" in stdout and "noise" in stderr and "random weights" in stderr
-    check_file(out, probe(out), size=(64, 96), seconds=3, audio=True)
+    check_file(out, probe(out), size=(72, 128), seconds=3, audio=True)
 
 
 def test_cli_image_to_video_with_one_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -195,8 +196,8 @@ def test_cli_image_to_video_with_one_png(tmp_path: Path, capsys: pytest.CaptureF
     assert rc == 0, stderr
     summary = json.loads(stdout)
     assert summary["model"] == "kling-3-0-image-to-video" and summary["random_weights"] is True
-    assert (summary["width"], summary["height"]) == (64, 96)
-    check_file(out, probe(out), size=(64, 96), seconds=3, audio=True)
+    assert (summary["width"], summary["height"]) == (72, 128)
+    check_file(out, probe(out), size=(72, 128), seconds=3, audio=True)
 
 
 def test_cli_start_and_end_frames_png_and_jpeg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -208,7 +209,7 @@ def test_cli_start_and_end_frames_png_and_jpeg(tmp_path: Path, capsys: pytest.Ca
         "--no-audio", "--duration", "3", "-o", str(out),
     )  # fmt: skip
     assert rc == 0, stderr
-    check_file(out, probe(out), size=(192, 128), seconds=3, audio=False)
+    check_file(out, probe(out), size=(256, 144), seconds=3, audio=False)
 
 
 def test_cli_multi_shot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -228,7 +229,7 @@ def test_cli_multi_shot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         str(out),
     )
     assert rc == 0, stderr
-    check_file(out, probe(out), size=(96, 64), seconds=3, audio=True)
+    check_file(out, probe(out), size=(128, 72), seconds=3, audio=True)
 
 
 @pytest.mark.parametrize(

@@ -5,21 +5,29 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from reelgen.domain import Job, Segment, plan
+from reelgen.domain import Job, Stage, plan
 from reelgen.engines import Cancelled, Clip, Engine, load_engine
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.profiles import Profile, get_profile
 from reelgen.schemas import AspectRatio, GenerateInput, Mode
 
 
-def job_for(profile: Profile, *, seed: int = 7, **inp: object) -> Job:
+def job_for(profile: Profile, *, seed: int = 7, images: int = 0, **inp: object) -> Job:
+    """The plan of a request; ``images`` image URLs make it image-to-video (attach them with ``with_images``)."""
     fields: dict[str, object] = {"prompt": "a red fox runs through snow", "duration": 3} | inp
+    if images:
+        fields["image_urls"] = [f"https://example.com/{i}.png" for i in range(images)]
     return plan(GenerateInput.model_validate(fields), profile, seed=seed)
+
+
+def with_images(job: Job, start: Image.Image, end: Image.Image | None = None) -> Job:
+    return replace(job, start_image=start, end_image=end)
 
 
 def picture(width: int, height: int, seed: int) -> Image.Image:
@@ -46,20 +54,30 @@ def test_professional_is_two_stage_at_the_professional_size(tiny_engine: Engine,
     spec = tiny_profile.mode(Mode.PROFESSIONAL)
     width, height = spec.size(AspectRatio.TALL)
     assert clip.frames.shape == (72, height, width, 3)
-    total = spec.steps + len(spec.stage2_sigmas)
+    one, two = spec.stages
+    total = one.steps + two.steps
     assert seen == [(i, total) for i in range(1, total + 1)]
     stages = [name for name, _ in clip.timings]
-    assert stages.count("stage1_step") == spec.steps and stages.count("stage2_step") == len(spec.stage2_sigmas)
+    assert stages.count("stage1_step") == one.steps and stages.count("stage2_step") == two.steps
     assert stages.index("upsample") < stages.index("stage2_step") < stages.index("vae_decode")
 
 
-def test_progress_and_timings_of_a_single_stage(tiny_engine: Engine, tiny_profile: Profile) -> None:
+def test_progress_and_timings_of_the_distilled_standard_mode(tiny_engine: Engine, tiny_profile: Profile) -> None:
     job = job_for(tiny_profile)
+    one, two = job.segments[0].stages
     seen: list[tuple[int, int]] = []
     clip = tiny_engine.generate(job, job.segments[0], lambda d, t: seen.append((d, t)) is None)
-    assert seen == [(i, job.steps) for i in range(1, job.steps + 1)]
+    assert (one.steps, two.steps) == (8, 3) and job.total_steps == 11
+    assert seen == [(i, 11) for i in range(1, 12)]
     names = [name for name, _ in clip.timings]
-    assert names == ["text_encoding", *["stage1_step"] * job.steps, "vae_decode", "audio_decode"]
+    assert names == [
+        "text_encoding",
+        *["stage1_step"] * 8,
+        "upsample",
+        *["stage2_step"] * 3,
+        "vae_decode",
+        "audio_decode",
+    ]
     assert all(seconds >= 0 for _, seconds in clip.timings)
 
 
@@ -83,23 +101,24 @@ def test_same_seed_same_output_other_seed_other_output(tiny_engine: Engine, tiny
 
 
 def test_start_image_conditions_the_video(tiny_engine: Engine, tiny_profile: Profile) -> None:
-    job = job_for(tiny_profile, seed=3)
+    job = job_for(tiny_profile, seed=3, images=1)
     width, height = job.width, job.height
-    with_a = replace(job, start_image=picture(width, height, 1))
-    with_b = replace(job, start_image=picture(width, height, 2))
+    with_a = with_images(job, picture(width, height, 1))
+    with_b = with_images(job, picture(width, height, 2))
     a = tiny_engine.generate(with_a, with_a.segments[0])
     b = tiny_engine.generate(with_b, with_b.segments[0])
-    t2v = tiny_engine.generate(job, job.segments[0])
+    t2v_job = job_for(tiny_profile, seed=3)
+    t2v = tiny_engine.generate(t2v_job, t2v_job.segments[0])
     assert a.frames.shape == b.frames.shape == (72, height, width, 3)
     assert not np.array_equal(a.frames, b.frames) and not np.array_equal(a.frames, t2v.frames)
 
 
 def test_start_and_end_images_both_condition(tiny_engine: Engine, tiny_profile: Profile) -> None:
-    job = job_for(tiny_profile, seed=3, mode="professional")
+    job = job_for(tiny_profile, seed=3, mode="professional", images=2)
     # images of another size are centre-cropped and resized by the engine
     start = picture(300, 500, 1)
-    ab = replace(job, start_image=start, end_image=picture(300, 500, 2))
-    ac = replace(job, start_image=start, end_image=picture(300, 500, 3))
+    ab = with_images(job, start, picture(300, 500, 2))
+    ac = with_images(job, start, picture(300, 500, 3))
     x = tiny_engine.generate(ab, ab.segments[0])
     y = tiny_engine.generate(ac, ac.segments[0])
     assert x.frames.shape == (72, job.height, job.width, 3)
@@ -124,34 +143,50 @@ def test_cancel_at_a_step_boundary(tiny_engine: Engine, tiny_profile: Profile) -
 
 def test_a_shot_of_zero_seconds_is_refused(tiny_engine: Engine, tiny_profile: Profile) -> None:
     job = job_for(tiny_profile)
-    bad = Segment(prompt="nothing", seconds=0, num_frames=1, seed=1)
+    bad = replace(job.segments[0], seconds=0, num_frames=1)
     job = replace(job, segments=(bad,))
     with pytest.raises(ReelgenError) as err:
         tiny_engine.generate(job, bad)
     assert err.value.code == ErrorCode.INVALID_INPUT and "0 s" in err.value.message
 
 
+def _stage(job: Job, **change: object) -> Job:
+    segment = job.segments[0]
+    stages = (replace(segment.stages[0], **change), *segment.stages[1:])  # type: ignore[arg-type]
+    return replace(job, segments=(replace(segment, stages=stages),))
+
+
 @pytest.mark.parametrize(
     ("change", "code", "needle"),
     [
-        ({"width": 100}, ErrorCode.INVALID_INPUT, "100x64"),
-        ({"steps": 0}, ErrorCode.INVALID_INPUT, "steps 0"),
-        ({"guidance": {"cfg_scale": 2.0}}, ErrorCode.INVALID_PROFILE, "cfg_scale"),
+        (lambda j: _stage(j, width=100), ErrorCode.INVALID_INPUT, "100x"),
+        (lambda j: _stage(j, sigmas=()), ErrorCode.INVALID_INPUT, "no sigmas"),
+        (
+            lambda j: _stage(j, guidance={**j.segments[0].stages[0].guidance, "spatio_temporal_guidance_blocks": [7]}),
+            ErrorCode.INVALID_PROFILE,
+            "[7]",
+        ),
+        (lambda j: replace(j, width=4096), ErrorCode.INVALID_INPUT, "larger than the generated"),
+        (lambda j: job_for(j_profile(), images=1), ErrorCode.INVALID_INPUT, "start image"),
     ],
 )
 def test_bad_jobs_are_refused_before_any_work(
-    tiny_engine: Engine, tiny_profile: Profile, change: dict[str, object], code: ErrorCode, needle: str
+    tiny_engine: Engine, tiny_profile: Profile, change: Any, code: ErrorCode, needle: str
 ) -> None:
-    job = replace(job_for(tiny_profile), **change)  # type: ignore[arg-type]
+    job = change(job_for(tiny_profile))
     called: list[int] = []
     with pytest.raises(ReelgenError) as err:
         tiny_engine.generate(job, job.segments[0], lambda d, t: called.append(d) is None)
     assert err.value.code == code and needle in err.value.message and called == []
 
 
+def j_profile() -> Profile:
+    return get_profile("ltx-2-tiny")
+
+
 def test_a_segment_from_another_job_is_refused(tiny_engine: Engine, tiny_profile: Profile) -> None:
     job = job_for(tiny_profile)
-    stranger = Segment(prompt="other", seconds=3, num_frames=73, seed=99)
+    stranger = replace(job.segments[0], prompt="other", seed=99)
     with pytest.raises(ReelgenError) as err:
         tiny_engine.generate(job, stranger)
     assert err.value.code == ErrorCode.INVALID_INPUT
@@ -183,12 +218,17 @@ def test_cuda_device_without_cuda_is_refused(tiny_profile: Profile) -> None:
 def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny components saved as the released checkpoint is laid out: pipeline + latent_upsampler/."""
     from diffusers import LTX2Pipeline
+    from safetensors.torch import save_file
 
+    from reelgen.engines.lora import build_tiny_lora
     from reelgen.engines.tiny import build_tiny_components, build_tiny_latent_upsampler
 
     root = tmp_path_factory.mktemp("ltx2-weights")
-    LTX2Pipeline(**build_tiny_components()).save_pretrained(root)
+    comps = build_tiny_components()
+    LTX2Pipeline(**comps).save_pretrained(root)
     build_tiny_latent_upsampler().save_pretrained(root / "latent_upsampler")
+    # the distilled LoRA beside the checkpoint, in the layout Lightricks publishes (as the tiny profile builds it)
+    save_file(build_tiny_lora(comps["transformer"]), root / "ltx-2-19b-distilled-lora-384.safetensors")
     return root
 
 
@@ -202,28 +242,50 @@ def assert_same_output(a: Clip, b: Clip) -> None:
 
 
 def small(job: Job, width: int, height: int) -> Job:
-    """The ltx-2 profile's plan at a CPU-sized resolution and step count (same guidance, frames, seeds)."""
-    return replace(job, width=width, height=height, steps=2)
+    """The ltx-2 profile's plan at a CPU-sized resolution and two steps per stage (same guidance, LoRAs, seeds);
+    the STG block is the tiny transformer's last one (the real block 29 does not exist in 2 layers)."""
+
+    def shrink(stage: Stage) -> Stage:
+        half = stage.name == "stage1"
+        g = dict(stage.guidance)
+        if g["spatio_temporal_guidance_blocks"]:
+            g["spatio_temporal_guidance_blocks"] = [1]
+        return replace(
+            stage,
+            width=width // 2 if half else width,
+            height=height // 2 if half else height,
+            sigmas=stage.sigmas[:2],
+            guidance=g,
+        )
+
+    segments = tuple(replace(s, stages=tuple(shrink(t) for t in s.stages)) for s in job.segments)
+    return replace(job, width=width, height=height, segments=segments)
+
+
+def ltx2_on(weights: Path) -> Profile:
+    """The ltx-2 profile reading ``weights``, its STG block moved to the tiny transformer's last one."""
+    profile = get_profile("ltx-2", weights=str(weights))
+    modes = {
+        mode: replace(spec, stages=tuple(replace(st, stg_blocks=(1,) if st.stg_blocks else ()) for st in spec.stages))
+        for mode, spec in profile.modes.items()
+    }
+    return replace(profile, modes=modes)
 
 
 def test_ltx2_profile_loads_weights_from_a_directory(
     weights_dir: Path, tiny_engine: Engine, tiny_profile: Profile
 ) -> None:
-    profile = get_profile("ltx-2", weights=str(weights_dir))
+    profile = ltx2_on(weights_dir)
     engine = load_engine(profile, device="cpu")
     assert engine.random_weights is False
-    # the loaded weights are the saved ones: same job, bit-identical output to the in-memory engine
-    standard = small(job_for(profile, seed=5), 96, 64)
-    loaded, built = (
-        engine.generate(standard, standard.segments[0]),
-        tiny_engine.generate(standard, standard.segments[0]),
+    # the loaded weights (and the distilled LoRA file beside them) are the saved ones: same job, same output
+    standard = small(job_for(profile, seed=5), 128, 64)
+    assert_same_output(
+        engine.generate(standard, standard.segments[0]), tiny_engine.generate(standard, standard.segments[0])
     )
-    np.testing.assert_array_equal(loaded.frames, built.frames)
-    assert loaded.audio is not None and built.audio is not None
-    np.testing.assert_array_equal(loaded.audio, built.audio)
     # the professional mode runs through the upsampler from DIR/latent_upsampler
     pro = small(job_for(profile, seed=5, mode="professional"), 128, 128)
-    assert pro.two_stage
+    assert len(pro.segments[0].stages) == 2
     assert_same_output(engine.generate(pro, pro.segments[0]), tiny_engine.generate(pro, pro.segments[0]))
 
 
@@ -236,7 +298,7 @@ def test_upsampler_in_its_own_pipeline_directory(tmp_path: Path, weights_dir: Pa
     LTX2LatentUpsamplePipeline(
         vae=build_tiny_components()["vae"], latent_upsampler=build_tiny_latent_upsampler()
     ).save_pretrained(own)
-    profile = replace(get_profile("ltx-2", weights=str(weights_dir)), upsampler_weights=str(own))
+    profile = replace(ltx2_on(weights_dir), upsampler_weights=str(own))
     engine = load_engine(profile, device="cpu")
     pro = small(job_for(profile, seed=6, mode="professional"), 128, 128)
     assert_same_output(engine.generate(pro, pro.segments[0]), tiny_engine.generate(pro, pro.segments[0]))
@@ -260,7 +322,7 @@ def test_missing_weights(tmp_path: Path, weights_dir: Path) -> None:
     with pytest.raises(ReelgenError) as err:
         load_engine(get_profile("ltx-2", weights=str(empty)), device="cpu")
     assert err.value.code == ErrorCode.WEIGHTS_NOT_FOUND
-    no_upsampler = replace(get_profile("ltx-2", weights=str(weights_dir)), upsampler_weights="not_there")
+    no_upsampler = replace(ltx2_on(weights_dir), upsampler_weights="not_there")
     with pytest.raises(ReelgenError) as err:
         load_engine(no_upsampler, device="cpu")
     assert err.value.code == ErrorCode.WEIGHTS_NOT_FOUND and "not_there" in err.value.message
@@ -271,7 +333,7 @@ def test_dummy_builds_the_released_architecture() -> None:
     import torch
     from diffusers import LTX2Pipeline
 
-    from reelgen.engines.tiny import build_dummy_components, build_dummy_latent_upsampler
+    from reelgen.engines.architectures import build_dummy_components, build_dummy_latent_upsampler
 
     comps = build_dummy_components("meta", torch.bfloat16)
     params = {k: sum(p.numel() for p in v.parameters()) for k, v in comps.items() if isinstance(v, torch.nn.Module)}
@@ -316,15 +378,15 @@ def test_full_size_dummy_that_cannot_fit_is_refused_up_front() -> None:
 
 def test_multi_shot_images_go_to_the_first_and_last_shots(tiny_engine: Engine, tiny_profile: Profile) -> None:
     shots = [{"prompt": "it wakes", "duration": 1}, {"prompt": "it runs", "duration": 2}]
-    job = job_for(tiny_profile, seed=4, multi_shots=True, multi_prompt=shots)
+    job = job_for(tiny_profile, seed=4, multi_shots=True, multi_prompt=shots, images=2)
     start = picture(job.width, job.height, 1)
-    one = replace(job, start_image=start, end_image=picture(job.width, job.height, 2))
-    two = replace(job, start_image=start, end_image=picture(job.width, job.height, 3))
+    one = with_images(job, start, picture(job.width, job.height, 2))
+    two = with_images(job, start, picture(job.width, job.height, 3))
     first_one, first_two = (tiny_engine.generate(j, j.segments[0]) for j in (one, two))
     last_one, last_two = (tiny_engine.generate(j, j.segments[1]) for j in (one, two))
     # the end frame conditions only the last shot; the start frame only the first
     np.testing.assert_array_equal(first_one.frames, first_two.frames)
     assert not np.array_equal(last_one.frames, last_two.frames)
-    no_start = replace(one, start_image=picture(job.width, job.height, 9))
+    no_start = with_images(one, picture(job.width, job.height, 9), one.end_image)
     np.testing.assert_array_equal(tiny_engine.generate(no_start, no_start.segments[1]).frames, last_one.frames)
     assert last_one.frames.shape == (48, job.height, job.width, 3)

@@ -128,7 +128,7 @@ def test_playground_generates_and_plays_a_3_second_video(
     assert page.get_attribute("#task-progress", "value") == "100"
     played = page.evaluate(PLAY_VIDEO)
     assert abs(played["duration"] - 3.0) <= 0.1, played
-    assert played["played"] >= 0.3 and (played["width"], played["height"]) == (96, 64)
+    assert played["played"] >= 0.3 and (played["width"], played["height"]) == (128, 72)
     assert played["src"].startswith(live.url + "/api/v1/files/")
     assert "3.0 s · with audio · 126 credits" in page.text_content("#result-meta")
     task_id = page.text_content("#task-id")

@@ -146,7 +146,7 @@ def test_curl_quickstart(server: Server, tmp_path: Path) -> None:
     assert credits == {"success": True, "data": {"credits": 1000 - 210, "reserved": 0}}
     for name in ("fox.mp4", "fox-proxy.mp4"):
         info = media.probe(tmp_path / name)
-        assert (info.width, info.height) == (96, 64) and info.has_audio
+        assert (info.width, info.height) == (128, 72) and info.has_audio
         assert abs(info.duration - 5.0) <= 1 / 24 + 1e-6
     assert (tmp_path / "fox.mp4").read_bytes() == (tmp_path / "fox-proxy.mp4").read_bytes()
     # the key is never stored in plain text
@@ -167,7 +167,7 @@ def test_sdk_examples(server: Server, tmp_path: Path) -> None:
     done = server.run("sdk-async", tmp_path, key, "python")
     assert done.stdout.startswith("INVALID_INPUT 400 [{'field': 'input.duration'")
     info = media.probe(tmp_path / "card.mp4")
-    assert abs(info.duration - 3.0) <= 1 / 24 + 1e-6 and info.has_audio and (info.width, info.height) == (96, 64)
+    assert abs(info.duration - 3.0) <= 1 / 24 + 1e-6 and info.has_audio and (info.width, info.height) == (128, 72)
 
 
 def test_cli_examples(server: Server, tmp_path: Path) -> None:

@@ -14,7 +14,15 @@ from reelgen.errors import ErrorCode, ReelgenError
 if TYPE_CHECKING:
     from reelgen.profiles import Profile
 
-__all__ = ["Cancelled", "Clip", "Engine", "StepCallback", "load_engine"]
+__all__ = ["Cancelled", "Clip", "Engine", "StepCallback", "check_profile", "load_engine"]
+
+
+def check_profile(profile: Profile, load_format: str = "auto") -> None:
+    """Refuse a profile its model cannot run (LoRA files, STG blocks) before serving; imports torch."""
+    if profile.engine == "ltx2":
+        from reelgen.engines.weights import check_profile as check_ltx2
+
+        check_ltx2(profile, load_format)
 
 
 def load_engine(profile: Profile, device: str | None = None, load_format: str = "auto") -> Engine:

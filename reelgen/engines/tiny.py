@@ -1,19 +1,14 @@
-"""LTX-2 components built in code: tiny random weights (tests, offline demo) and full-size dummies.
+"""LTX-2 components built in code with tiny random weights: tests and the offline demo.
 
-Nothing here downloads anything. Both builders keep the *real* compression geometry of LTX-2
+Nothing here downloads anything. The builders keep the *real* compression geometry of LTX-2
 (32x spatial / 8x temporal video VAE; 16 kHz mel at hop 160 with 4x audio latent compression;
-a 24 kHz vocoder), so frame counts, latent shapes, audio lengths and durations are those of the
-released model; only widths, depths and the weights differ.
+the generation's vocoder: 24 kHz for 2.0, 48 kHz for 2.3/2.5) and each generation's classes and
+config switches, so frame counts, latent shapes, audio lengths and durations are those of the
+released model; only widths, depths and the weights differ. Every component is a few hundred kB,
+seeded so that two builds are bit-identical (tests compare outputs across builds and processes).
+The full-size architectures (``--load-format dummy``) are in ``reelgen.engines.architectures``.
 
-* ``build_tiny_components(seed)`` — every component a few hundred kB, seeded so that two builds are
-  bit-identical (tests compare outputs across builds and processes).
-* ``build_dummy_components(device, dtype)`` — the released LTX-2 (19B) architecture with random
-  weights, built directly on the target device and dtype (for GPU benchmarks where the real
-  checkpoint cannot be downloaded). Its text encoder is the Gemma-3-12B architecture; only the
-  tokenizer is the small in-code one (the real one is a download), which changes nothing about
-  cost: prompts are padded to ``max_sequence_length`` tokens either way.
-
-Output from either is noise.
+Output is noise.
 """
 
 from __future__ import annotations
@@ -44,60 +39,6 @@ _CHARS = "\u2581abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,
 #: Width of the tiny latent space (real LTX-2: 128).
 TINY_LATENT_CHANNELS = 8
 
-# The released LTX-2.0 video VAE (diffusers' conversion script). The compression ratios must be
-# given: the constructor would otherwise derive 64/16 from the block layout while its decoder
-# really does 32/8, and the pipeline would silently make a smaller, shorter video.
-_FULL_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 128,
-    "block_out_channels": (256, 512, 1024, 2048),
-    "down_block_types": ("LTX2VideoDownBlock3D",) * 4,
-    "decoder_block_out_channels": (256, 512, 1024),
-    "layers_per_block": (4, 6, 6, 2, 2),
-    "decoder_layers_per_block": (5, 5, 5, 5),
-    "spatio_temporal_scaling": (True, True, True, True),
-    "decoder_spatio_temporal_scaling": (True, True, True),
-    "decoder_inject_noise": (False, False, False, False),
-    "downsample_type": ("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
-    "upsample_residual": (True, True, True),
-    "upsample_factor": (2, 2, 2),
-    "timestep_conditioning": False,
-    "patch_size": 4,
-    "patch_size_t": 1,
-    "resnet_norm_eps": 1e-6,
-    "encoder_causal": True,
-    "decoder_causal": False,
-    "encoder_spatial_padding_mode": "zeros",
-    "decoder_spatial_padding_mode": "reflect",
-    "spatial_compression_ratio": 32,
-    "temporal_compression_ratio": 8,
-}
-
-# Gemma-3-12B (google/gemma-3-12b-it): the LTX-2 text encoder. The pipeline stacks all 49 hidden
-# states, so the connectors see 3840 * 49 features per token.
-_GEMMA3_12B_TEXT: dict[str, Any] = {
-    "vocab_size": 262_208,
-    "hidden_size": 3840,
-    "intermediate_size": 15_360,
-    "num_hidden_layers": 48,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 256,
-    "query_pre_attn_scalar": 256,
-    "sliding_window": 1024,
-    "max_position_embeddings": 131_072,
-}
-_GEMMA3_12B_VISION: dict[str, Any] = {
-    "hidden_size": 1152,
-    "intermediate_size": 4304,
-    "num_hidden_layers": 27,
-    "num_attention_heads": 16,
-    "image_size": 896,
-    "patch_size": 14,
-    "vision_use_head": False,
-}
-
 
 def lib(name: str) -> Any:
     """Import ``diffusers`` / ``transformers`` (sub)modules lazily, typed as ``Any`` (they ship no usable stubs)."""
@@ -126,12 +67,16 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(before)
 
 
-def build_tokenizer() -> Any:
+#: Gemma-4's extra multimodal tokens (LTX-2.5's text encoder), after Gemma's own.
+GEMMA4_TOKENS = ("<video>", "<boa>", "<eoa>", "<audio>")
+
+
+def build_tokenizer(extra: tuple[str, ...] = ()) -> Any:
     """A character-level Gemma tokenizer built in memory: Gemma's special tokens, byte fallback, ASCII.
 
     Any UTF-8 text round-trips (unknown characters fall back to ``<0xNN>`` byte tokens).
     """
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, *extra))}
     for b in range(256):
         vocab[f"<0x{b:02X}>"] = len(vocab)
     for ch in _CHARS:
@@ -141,8 +86,43 @@ def build_tokenizer() -> Any:
     return tok
 
 
-def _tiny_text_encoder(vocab_size: int) -> Any:
+def _tiny_text_encoder(vocab_size: int, generation: str) -> Any:
     transformers = lib("transformers")
+    if generation == "2.5":  # Gemma-4 "unified" (Lightricks' fine-tune in the real model)
+        ids = {t: i for i, t in enumerate((*SPECIAL_TOKENS, *GEMMA4_TOKENS))}
+        cfg4 = transformers.Gemma4UnifiedConfig(
+            text_config={
+                "vocab_size": vocab_size,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+                "head_dim": 16,
+                "global_head_dim": 16,
+                "max_position_embeddings": 2048,
+                "sliding_window": 64,
+                "layer_types": ["sliding_attention", "full_attention"],
+            },
+            vision_config={
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "mm_embed_dim": 32,
+                "output_proj_dims": 32,
+                "mm_posemb_size": 16,
+            },
+            audio_config={"audio_embed_dim": 16},
+            boi_token_id=ids["<start_of_image>"],
+            eoi_token_id=ids["<end_of_image>"],
+            image_token_id=ids["<image_soft_token>"],
+            video_token_id=ids["<video>"],
+            boa_token_id=ids["<boa>"],
+            eoa_token_index=ids["<eoa>"],
+            audio_token_id=ids["<audio>"],
+        )
+        return transformers.Gemma4UnifiedForConditionalGeneration(cfg4).eval()
     cfg = transformers.Gemma3Config(
         text_config={
             "vocab_size": vocab_size,
@@ -172,7 +152,7 @@ def _tiny_text_encoder(vocab_size: int) -> Any:
     return transformers.Gemma3ForConditionalGeneration(cfg).eval()
 
 
-def _scheduler() -> Any:
+def scheduler() -> Any:
     # The non-distilled LTX-2 scheduler (dynamic shifting by sequence length).
     return lib("diffusers").FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True,
@@ -184,16 +164,25 @@ def _scheduler() -> Any:
     )
 
 
-def build_tiny_components(seed: int = 0) -> dict[str, Any]:
-    """Every LTX-2 pipeline component, tiny and seeded; the keys are ``LTX2Pipeline``'s arguments."""
+def build_tiny_components(seed: int = 0, *, generation: str = "2.0") -> dict[str, Any]:
+    """Every LTX-2 pipeline component of ``generation``, tiny and seeded (keys: ``LTX2Pipeline``'s arguments).
+
+    The classes and config switches are the generation's (``architectures.TRANSFORMER_SWITCHES``,
+    per-modality connectors, the 2.3 VAE layout and 48 kHz vocoder, 2.5's Gemma-4 text encoder and
+    duration head); only widths and depths are tiny.
+    """
+    from reelgen.engines.architectures import TRANSFORMER_SWITCHES, _known
+
+    _known(generation)
+    modern = generation != "2.0"
     diffusers, ltx2 = lib("diffusers"), lib("diffusers.pipelines.ltx2")
     heads, head_dim = 2, 8  # real: 32 x 128
     a_heads, a_head_dim = 2, 4  # real: 32 x 64
     mel_bins, audio_latent_channels = 16, 2  # real: 64 mel bins, 8 latent channels
     audio_token_dim = audio_latent_channels * (mel_bins // 4)  # real: 8 * 16 = 128
     with _seeded(seed):
-        tokenizer = build_tokenizer()
-        text_encoder = _tiny_text_encoder(vocab_size=len(tokenizer) + 16)
+        tokenizer = build_tokenizer(GEMMA4_TOKENS if generation == "2.5" else ())
+        text_encoder = _tiny_text_encoder(len(tokenizer) + 16, generation)
     te_hidden = text_encoder.config.text_config.hidden_size
     te_layers = text_encoder.config.text_config.num_hidden_layers
     with _seeded(seed + 1):
@@ -215,23 +204,67 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
             caption_channels=te_hidden,
             rope_type="split",
             rope_double_precision=True,
+            **(TRANSFORMER_SWITCHES[generation] if modern else {}),
         )
     with _seeded(seed + 2):
-        # LTX-2.0: the connector width equals the text encoder width (30 x 128 = 3840 in the real model)
-        connectors = ltx2.LTX2TextConnectors(
-            caption_channels=te_hidden,
-            text_proj_in_factor=te_layers + 1,
-            video_connector_num_attention_heads=2,
-            video_connector_attention_head_dim=te_hidden // 2,
-            video_connector_num_layers=1,
-            video_connector_num_learnable_registers=8,
-            audio_connector_num_attention_heads=2,
-            audio_connector_attention_head_dim=te_hidden // 2,
-            audio_connector_num_layers=1,
-            audio_connector_num_learnable_registers=8,
-            connector_rope_base_seq_len=32,
-            rope_type="split",
-        )
+        connector: dict[str, Any] = {
+            "caption_channels": te_hidden,
+            "text_proj_in_factor": te_layers + 1,
+            "video_connector_num_layers": 1,
+            "video_connector_num_learnable_registers": 8,
+            "audio_connector_num_layers": 1,
+            "audio_connector_num_learnable_registers": 8,
+            "connector_rope_base_seq_len": 32,
+            "rope_type": "split",
+        }
+        if modern:  # per-modality projections straight to the transformer widths, gated attention
+            connector |= {
+                "video_connector_num_attention_heads": heads,
+                "video_connector_attention_head_dim": head_dim,
+                "audio_connector_num_attention_heads": a_heads,
+                "audio_connector_attention_head_dim": a_head_dim,
+                "video_gated_attn": True,
+                "audio_gated_attn": True,
+                "per_modality_projections": True,
+                "video_hidden_dim": heads * head_dim,
+                "audio_hidden_dim": a_heads * a_head_dim,
+                "proj_bias": True,
+            }
+        else:  # LTX-2.0: the connector width equals the text encoder width (30 x 128 = 3840 in the real model)
+            connector |= {
+                "video_connector_num_attention_heads": 2,
+                "video_connector_attention_head_dim": te_hidden // 2,
+                "audio_connector_num_attention_heads": 2,
+                "audio_connector_attention_head_dim": te_hidden // 2,
+            }
+        connectors = ltx2.LTX2TextConnectors(**connector)
+    vae_layout: dict[str, Any] = (
+        {
+            "block_out_channels": (8, 16, 32, 32),
+            "decoder_block_out_channels": (8, 16, 16, 32),
+            "layers_per_block": (1,) * 5,
+            "decoder_layers_per_block": (1,) * 5,
+            "decoder_spatio_temporal_scaling": (True,) * 4,
+            "decoder_inject_noise": (False,) * 5,
+            "upsample_type": ("spatiotemporal", "spatiotemporal", "temporal", "spatial"),
+            "upsample_residual": (False,) * 4,
+            "upsample_factor": (2, 2, 1, 2),
+            "decoder_spatial_padding_mode": "zeros",
+        }
+        if modern
+        else {
+            "block_out_channels": (8, 16, 32, 64),
+            "decoder_block_out_channels": (8, 16, 32),
+            "layers_per_block": (1, 1, 1, 1, 1),
+            "decoder_layers_per_block": (1, 1, 1, 1),
+            "decoder_spatio_temporal_scaling": (True, True, True),
+            "decoder_inject_noise": (False,) * 4,
+            "upsample_type": ("spatiotemporal",) * 3,
+            "upsample_residual": (True, True, True),
+            "upsample_factor": (2, 2, 2),
+            "decoder_spatial_padding_mode": "reflect",
+        }
+    )
     with _seeded(seed + 3):
         vae = diffusers.AutoencoderKLLTX2Video(
             in_channels=3,
@@ -239,25 +272,16 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
             latent_channels=TINY_LATENT_CHANNELS,
             patch_size=4,
             patch_size_t=1,
-            block_out_channels=(8, 16, 32, 64),
-            decoder_block_out_channels=(8, 16, 32),
             down_block_types=("LTX2VideoDownBlock3D",) * 4,
             downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
             spatio_temporal_scaling=(True, True, True, True),
-            layers_per_block=(1, 1, 1, 1, 1),
-            decoder_layers_per_block=(1, 1, 1, 1),
-            decoder_spatio_temporal_scaling=(True, True, True),
-            decoder_inject_noise=(False,) * 4,
-            upsample_type=("spatiotemporal",) * 3,
-            upsample_residual=(True, True, True),
-            upsample_factor=(2, 2, 2),
             timestep_conditioning=False,
             encoder_causal=True,
             decoder_causal=False,
             encoder_spatial_padding_mode="zeros",
-            decoder_spatial_padding_mode="reflect",
             spatial_compression_ratio=32,
             temporal_compression_ratio=8,
+            **vae_layout,
         )
     with _seeded(seed + 4):
         audio_vae = diffusers.AutoencoderKLLTX2Audio(
@@ -280,26 +304,57 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
             double_z=True,
         )
     with _seeded(seed + 5):
-        vocoder = ltx2.LTX2Vocoder(
-            in_channels=2 * mel_bins,
-            hidden_channels=64,
-            out_channels=2,
-            upsample_kernel_sizes=[16, 15, 8, 4, 4],
-            upsample_factors=[6, 5, 2, 2, 2],
-            resnet_kernel_sizes=[3],
-            resnet_dilations=[[1, 3, 5]],
-            output_sampling_rate=24000,
-        )
-    return {
+        if modern:  # snake activations and bandwidth extension: 16 kHz mel -> 48 kHz
+            vocoder = ltx2.LTX2VocoderWithBWE(
+                in_channels=2 * mel_bins,
+                hidden_channels=64,  # below 64 the anti-aliased convolutions get zero width
+                out_channels=2,
+                upsample_kernel_sizes=[11, 4, 4, 4, 4, 4],
+                upsample_factors=[5, 2, 2, 2, 2, 2],
+                resnet_kernel_sizes=[3],
+                resnet_dilations=[[1, 3, 5]],
+                bwe_in_channels=128,
+                bwe_hidden_channels=32,
+                bwe_out_channels=2,
+                bwe_upsample_kernel_sizes=[12, 11, 4, 4, 4],
+                bwe_upsample_factors=[6, 5, 2, 2, 2],
+                bwe_resnet_kernel_sizes=[3],
+                bwe_resnet_dilations=[[1, 3, 5]],
+                input_sampling_rate=16000,
+                output_sampling_rate=48000,
+            )
+        else:
+            vocoder = ltx2.LTX2Vocoder(
+                in_channels=2 * mel_bins,
+                hidden_channels=64,
+                out_channels=2,
+                upsample_kernel_sizes=[16, 15, 8, 4, 4],
+                upsample_factors=[6, 5, 2, 2, 2],
+                resnet_kernel_sizes=[3],
+                resnet_dilations=[[1, 3, 5]],
+                output_sampling_rate=24000,
+            )
+    comps = {
         "transformer": transformer,
         "vae": vae,
         "audio_vae": audio_vae,
-        "scheduler": _scheduler(),
+        "scheduler": scheduler(),
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
         "connectors": connectors,
         "vocoder": vocoder,
     }
+    if generation == "2.5":
+        with _seeded(seed + 7):
+            comps["duration_head"] = ltx2.LTX2DurationHead(
+                video_cross_attention_dim=heads * head_dim,
+                audio_cross_attention_dim=a_heads * a_head_dim,
+                pooler_hidden_dim=8,
+                num_queries=1,
+                num_pooler_heads=2,
+                mlp_hidden_dim=8,
+            )
+    return comps
 
 
 def build_tiny_latent_upsampler(seed: int = 0) -> Any:
@@ -315,47 +370,3 @@ def build_tiny_latent_upsampler(seed: int = 0) -> Any:
             rational_spatial_scale=2.0,
             use_rational_resampler=False,
         )
-
-
-def build_dummy_components(
-    device: str, dtype: torch.dtype, seed: int = 0, *, text_encoder_device: str | None = None
-) -> dict[str, Any]:
-    """The released LTX-2 (19B) architecture with random weights, built on ``device`` in ``dtype``.
-
-    Parameters are created directly on the device (no host copy), so on a GPU this takes seconds.
-    ``device="meta"`` builds the structure without any memory (used by tests to check the shapes).
-    ``text_encoder_device`` puts the 12B text encoder elsewhere (``"cpu"`` when it is offloaded).
-    """
-    import torch
-
-    diffusers, ltx2, transformers = lib("diffusers"), lib("diffusers.pipelines.ltx2"), lib("transformers")
-    tokenizer = build_tokenizer()
-    with _seeded(seed), torch.device(text_encoder_device or device), _default_dtype(dtype):
-        text_encoder = transformers.Gemma3ForConditionalGeneration(
-            transformers.Gemma3Config(text_config=dict(_GEMMA3_12B_TEXT), vision_config=dict(_GEMMA3_12B_VISION))
-        ).eval()
-    with _seeded(seed + 1), torch.device(device), _default_dtype(dtype):
-        # No-argument defaults of these classes are the released LTX-2.0 configuration.
-        transformer = diffusers.LTX2VideoTransformer3DModel()
-        connectors = ltx2.LTX2TextConnectors()
-        vae = diffusers.AutoencoderKLLTX2Video(**_FULL_VAE_CONFIG)
-        audio_vae = diffusers.AutoencoderKLLTX2Audio()
-        vocoder = ltx2.LTX2Vocoder()
-    return {
-        "transformer": transformer.eval(),
-        "vae": vae.eval(),
-        "audio_vae": audio_vae.eval(),
-        "scheduler": _scheduler(),
-        "text_encoder": text_encoder,
-        "tokenizer": tokenizer,
-        "connectors": connectors.eval(),
-        "vocoder": vocoder.eval(),
-    }
-
-
-def build_dummy_latent_upsampler(device: str, dtype: torch.dtype, seed: int = 0) -> Any:
-    """The released LTX-2 x2 spatial latent upsampler architecture with random weights."""
-    import torch
-
-    with _seeded(seed + 6), torch.device(device), _default_dtype(dtype):
-        return lib("diffusers.pipelines.ltx2").LTX2LatentUpsamplerModel().eval()

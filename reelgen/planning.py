@@ -1,0 +1,263 @@
+"""The plan of one generation: ``plan(request, profile) -> Job``, the single source of truth of what runs.
+
+A ``Job`` is the output (size, fps, audio) and one ``Segment`` per model call (a shot, or the whole
+clip); each segment lists its ``Stage``s exactly as the engine will run them: pipeline, size, frames,
+sigmas, guidance (diffusers' keyword names), LoRAs and image conditions by pixel frame. The engine
+builds its pipeline calls from these values and nothing else, and ``reelgen generate --plan``
+prints them (``Job.as_dict``), so what an operator reads is what runs. No torch here.
+
+Invariants:
+* ``Job.width`` x ``Job.height`` is the MP4's size; stages run at the generation size (the output
+  rounded up to what the model accepts, stage 1 at half of it when a stage 2 follows) and the
+  decoded frames are centre-cropped to the output, never resampled.
+* A segment generates ``frames = 8k+1 >= seconds*fps + 1`` frames and keeps the first
+  ``seconds*fps``; an end image conditions the last frame kept (pixel frame ``seconds*fps - 1``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.schemas import AspectRatio, GenerateInput, Mode
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from reelgen.profiles import Profile
+
+#: Stage pipelines: text only, or with image conditions (first frame and keyframes by pixel frame).
+TEXT_PIPELINE = "LTX2Pipeline"
+CONDITION_PIPELINE = "LTX2ConditionPipeline"
+
+
+def model_frames(seconds: int, fps: int) -> int:
+    """Frames the LTX-2 model must generate to cover ``seconds``: the smallest 8k+1 >= seconds*fps+1."""
+    return 8 * math.ceil(seconds * fps / 8) + 1
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """A per-shot seed derived from the task seed (stable across Python versions and runs)."""
+    if index == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def nearest_aspect(width: int, height: int) -> AspectRatio:
+    """The supported aspect ratio nearest (in log space) to a ``width`` x ``height`` image."""
+    r = math.log(width / height)
+    return min(AspectRatio, key=lambda a: abs(math.log(a.ratio) - r))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """An input image pinned to a pixel frame of the generated clip (``image``: ``start`` or ``end``)."""
+
+    image: str
+    pixel_frame: int
+    strength: float = 1.0
+    #: H.264 CRF the image is re-compressed with before encoding (0: not re-compressed)
+    crf: int = 33
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One denoising stage exactly as the engine runs it."""
+
+    name: str
+    pipeline: str
+    width: int
+    height: int
+    frames: int
+    sigmas: tuple[float, ...]
+    #: every guidance keyword of the pipeline call, diffusers' names
+    guidance: dict[str, Any]
+    loras: tuple[tuple[str, float], ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    #: the stage starts from the previous stage's latents doubled by the latent upsampler
+    upsample: bool = False
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas)
+
+    @property
+    def guided(self) -> bool:
+        g = self.guidance
+        return bool(g["guidance_scale"] > 1 or g["audio_guidance_scale"] > 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pipeline": self.pipeline,
+            "width": self.width,
+            "height": self.height,
+            "frames": self.frames,
+            "upsample": self.upsample,
+            "sigmas": list(self.sigmas),
+            "guidance": dict(self.guidance),
+            "loras": [{"name": n, "strength": s} for n, s in self.loras],
+            "conditions": [
+                {"image": c.image, "pixel_frame": c.pixel_frame, "strength": c.strength, "crf": c.crf}
+                for c in self.conditions
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One model call: a shot (or the whole clip when ``multi_shots`` is false)."""
+
+    prompt: str
+    seconds: int
+    num_frames: int  # what the model generates (8k+1); the file keeps seconds*fps of them
+    seed: int
+    stages: tuple[Stage, ...] = ()
+    #: used by classifier-free guidance; None when no stage is guided
+    negative_prompt: str | None = None
+
+    @property
+    def steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            "seconds": self.seconds,
+            "frames": self.num_frames,
+            "stages": [s.as_dict() for s in self.stages],
+        }
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything an engine needs for one request; ``width``/``height`` are the output size."""
+
+    width: int
+    height: int
+    fps: int
+    mode: Mode
+    audio: bool
+    segments: tuple[Segment, ...]
+    profile: str = ""
+    generation: str = "2.0"
+    #: the size the model generates at (the output is its centre crop)
+    generation_width: int = 0
+    generation_height: int = 0
+    max_sequence_length: int = 1024
+    start_image: Image.Image | None = field(default=None, compare=False)
+    end_image: Image.Image | None = field(default=None, compare=False)
+
+    @property
+    def seconds(self) -> int:
+        return sum(s.seconds for s in self.segments)
+
+    @property
+    def total_steps(self) -> int:
+        """Denoising steps across all segments and stages (for progress)."""
+        return sum(s.steps for s in self.segments)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as ``reelgen generate --plan`` prints it."""
+        return {
+            "profile": self.profile,
+            "generation": self.generation,
+            "mode": self.mode.value,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+            "frames": self.seconds * self.fps,
+            "audio": self.audio,
+            "generation_width": self.generation_width,
+            "generation_height": self.generation_height,
+            "segments": [s.as_dict() for s in self.segments],
+        }
+
+
+def _shot_prompt(shared: str, shot: str) -> str:
+    # The shot's own text first: the tokenizer truncates on the right, so an over-long combination
+    # loses the shared context, never what this shot must show.
+    return f"{shot}\n{shared}" if shared else shot
+
+
+def plan(
+    inp: GenerateInput,
+    profile: Profile,
+    *,
+    seed: int,
+    start_image_size: tuple[int, int] | None = None,
+) -> Job:
+    """Map a validated Kling 3.0 input onto the profile: sizes, frames, stages, conditions, shots."""
+    if not profile.min_duration <= inp.duration <= profile.max_duration:
+        raise ReelgenError(
+            ErrorCode.INVALID_INPUT,
+            f"duration {inp.duration} s is outside {profile.min_duration}-{profile.max_duration} s "
+            f"for profile {profile.name!r}",
+        )
+    spec = profile.mode(inp.mode)
+    aspect = nearest_aspect(*start_image_size) if start_image_size else AspectRatio(inp.aspect_ratio or "16:9")
+    width, height = spec.size(aspect)
+    gen_w, gen_h = spec.generation_size(aspect)
+    images = len(inp.image_urls or ())
+    if inp.multi_shots and inp.multi_prompt:
+        shared = inp.prompt.strip()
+        shots = [(_shot_prompt(shared, s.prompt.strip()), s.duration) for s in inp.multi_prompt]
+    else:
+        shots = [(inp.prompt.strip(), inp.duration)]
+    segments = []
+    for i, (prompt, seconds) in enumerate(shots):
+        if seconds < 1:
+            raise ReelgenError(ErrorCode.INVALID_INPUT, f"a shot must last at least 1 s (got {seconds} s)")
+        frames = model_frames(seconds, profile.fps)
+        conditions: list[Condition] = []
+        if images >= 1 and i == 0:
+            conditions.append(Condition("start", 0, 1.0, profile.image_crf))
+        if images >= 2 and i == len(shots) - 1:
+            conditions.append(Condition("end", seconds * profile.fps - 1, 1.0, profile.image_crf))
+        stages = []
+        for k, st in enumerate(spec.stages):
+            half = spec.two_stage and k == 0
+            stages.append(
+                Stage(
+                    name=st.name,
+                    pipeline=CONDITION_PIPELINE if conditions else TEXT_PIPELINE,
+                    width=gen_w // 2 if half else gen_w,
+                    height=gen_h // 2 if half else gen_h,
+                    frames=frames,
+                    sigmas=st.sigmas,
+                    guidance=st.full_guidance(),
+                    loras=st.loras,
+                    conditions=tuple(conditions),
+                    upsample=k > 0,
+                )
+            )
+        guided = any(s.guided for s in stages)
+        segments.append(
+            Segment(
+                prompt=prompt,
+                seconds=seconds,
+                num_frames=frames,
+                seed=derive_seed(seed, i),
+                stages=tuple(stages),
+                negative_prompt=profile.negative_prompt if guided else None,
+            )
+        )
+    return Job(
+        width=width,
+        height=height,
+        fps=profile.fps,
+        mode=Mode(inp.mode),
+        audio=inp.audio,
+        segments=tuple(segments),
+        profile=profile.name,
+        generation=profile.generation,
+        generation_width=gen_w,
+        generation_height=gen_h,
+        max_sequence_length=profile.max_sequence_length,
+    )

@@ -1,0 +1,287 @@
+"""The engine runs its plan as the reference pipelines do, on the tiny model: keyframes by pixel frame,
+stage-2 re-conditioning at full size, one generator across stages, LoRAs loaded once and switched per
+stage, every model generation, serve-time profile checks, and the plan the command line prints."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from diffusers import LTX2ConditionPipeline, LTX2Pipeline
+from PIL import Image
+
+from reelgen.cli import main as cli_main
+from reelgen.domain import Job, plan
+from reelgen.engines import Engine, check_profile, load_engine
+from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.profiles import Profile, get_profile
+from reelgen.schemas import GenerateInput, Mode
+
+
+def picture(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def keyframe_job(profile: Profile, *, mode: str = "standard", duration: int = 3) -> Job:
+    inp = GenerateInput.model_validate(
+        {"prompt": "a fox", "duration": duration, "mode": mode, "image_urls": ["https://a/1.png", "https://a/2.png"]}
+    )
+    job = plan(inp, profile, seed=2, start_image_size=(1280, 720))
+    return replace(job, start_image=picture(job.width, job.height, 1), end_image=picture(job.width, job.height, 2))
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[Any]]]:
+    """Record what diffusers' own pipeline code receives (the pipelines run unchanged)."""
+    seen: dict[str, list[Any]] = {"keyframe_pixels": [], "condition_sizes": [], "generators": []}
+    coords = LTX2ConditionPipeline._prepare_keyframe_coords
+    preprocess = LTX2ConditionPipeline.preprocess_conditions
+
+    def record_coords(self: Any, **kwargs: Any) -> Any:
+        seen["keyframe_pixels"].append(kwargs["pixel_frame_idx"])
+        return coords(self, **kwargs)
+
+    def record_preprocess(self: Any, conditions: Any, height: int, width: int, *args: Any, **kwargs: Any) -> Any:
+        seen["condition_sizes"].append((width, height))
+        return preprocess(self, conditions, height, width, *args, **kwargs)
+
+    for cls in (LTX2Pipeline, LTX2ConditionPipeline):
+        call = cls.__call__
+
+        def record_call(self: Any, *args: Any, _call: Any = call, **kwargs: Any) -> Any:
+            seen["generators"].append(kwargs["generator"])
+            return _call(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__call__", record_call)
+    monkeypatch.setattr(LTX2ConditionPipeline, "_prepare_keyframe_coords", record_coords)
+    monkeypatch.setattr(LTX2ConditionPipeline, "preprocess_conditions", record_preprocess)
+    yield seen
+
+
+def test_the_end_image_conditions_the_last_frame_kept(
+    tiny_engine: Engine, tiny_profile: Profile, spy: dict[str, list[Any]]
+) -> None:
+    job = keyframe_job(tiny_profile, duration=3)
+    clip = tiny_engine.generate(job, job.segments[0])
+    # 3 s at 24 fps keeps frames 0-71 of the 73 generated: the end image is pixel frame 71 in both stages
+    # (diffusers' latent index -1 would have put it at frame 65, 0.25 s early)
+    assert spy["keyframe_pixels"] == [71, 71]
+    assert clip.frames.shape == (72, job.height, job.width, 3)
+
+
+def test_stage2_reconditions_on_the_images_at_full_size_with_one_generator(
+    tiny_engine: Engine, tiny_profile: Profile, spy: dict[str, list[Any]]
+) -> None:
+    job = keyframe_job(tiny_profile, mode="professional")
+    tiny_engine.generate(job, job.segments[0])
+    one, two = job.segments[0].stages
+    # both stages encode the images, each at its own size (stage 2 at the full generation size)
+    assert spy["condition_sizes"] == [(one.width, one.height), (two.width, two.height)]
+    assert (two.width, two.height) == (job.generation_width, job.generation_height)
+    # one generator feeds both stages (the reference's noiser), not a fresh one reseeded for stage 2
+    a, b = spy["generators"]
+    assert a is b
+
+
+def test_a_one_image_job_conditions_only_the_first_frame(
+    tiny_engine: Engine, tiny_profile: Profile, spy: dict[str, list[Any]]
+) -> None:
+    inp = GenerateInput.model_validate({"prompt": "a fox", "duration": 3, "image_urls": ["https://a/1.png"]})
+    job = plan(inp, tiny_profile, seed=2, start_image_size=(1280, 720))
+    job = replace(job, start_image=picture(job.width, job.height, 1))
+    tiny_engine.generate(job, job.segments[0])
+    assert spy["keyframe_pixels"] == []  # the start image replaces the first latent frame, no keyframe tokens
+    assert len(spy["condition_sizes"]) == 2
+
+
+@pytest.fixture(scope="module")
+def style_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LoRA file in the layout Lightricks publishes, as an operator would drop it on disk."""
+    from safetensors.torch import save_file
+
+    from reelgen.engines.lora import build_tiny_lora
+    from reelgen.engines.tiny import build_tiny_components
+
+    path = tmp_path_factory.mktemp("loras") / "style.safetensors"
+    save_file(build_tiny_lora(build_tiny_components()["transformer"], seed=11), path)
+    return path
+
+
+def operator_profile(tmp_path: Path, body: str) -> Path:
+    f = tmp_path / "profiles.toml"
+    f.write_text(body)
+    return f
+
+
+def test_a_lora_changes_the_output_and_switching_it_off_restores_it_bit_for_bit(
+    tmp_path: Path, tiny_engine: Engine, tiny_profile: Profile, style_lora: Path
+) -> None:
+    f = operator_profile(
+        tmp_path,
+        f"""
+[tiny-style]
+extends = "ltx-2-tiny"
+loras.style = {{ path = "{style_lora}" }}
+modes.standard.stage1.loras = {{ distilled = 1.0, style = 0.8 }}
+""",
+    )
+    styled = get_profile("tiny-style", f)
+    engine = load_engine(styled, device="cpu")
+    std = plan(GenerateInput(prompt="a fox", duration=3), styled, seed=4)
+    pro = plan(GenerateInput(prompt="a fox", duration=3, mode="professional"), styled, seed=4)  # type: ignore[arg-type]
+    assert std.segments[0].stages[0].loras == (("distilled", 1.0), ("style", 0.8))
+    plain = plan(GenerateInput(prompt="a fox", duration=3), tiny_profile, seed=4)
+    base_std = tiny_engine.generate(plain, plain.segments[0])
+    base_pro = tiny_engine.generate(pro, pro.segments[0])
+    before = engine.generate(pro, pro.segments[0])  # style loaded but not active in professional
+    with_style = engine.generate(std, std.segments[0])
+    after = engine.generate(pro, pro.segments[0])  # ...and nothing of it leaks into the next task
+    assert not np.array_equal(with_style.frames, base_std.frames)
+    for clip in (before, after):
+        np.testing.assert_array_equal(clip.frames, base_pro.frames)
+        assert clip.audio is not None and base_pro.audio is not None
+        np.testing.assert_array_equal(clip.audio, base_pro.audio)
+
+
+def test_the_distilled_lora_is_what_stage2_runs(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    """Without the distilled LoRA (a profile whose stage 2 names none), stage 2 makes another video."""
+    spec = tiny_profile.mode("professional")
+    bare = replace(spec, stages=(spec.stages[0], replace(spec.stages[1], loras=())))
+    no_lora = replace(tiny_profile, modes={**tiny_profile.modes, Mode.PROFESSIONAL: bare})
+    a = plan(GenerateInput(prompt="a fox", duration=3, mode="professional"), tiny_profile, seed=4)  # type: ignore[arg-type]
+    b = plan(GenerateInput(prompt="a fox", duration=3, mode="professional"), no_lora, seed=4)  # type: ignore[arg-type]
+    assert a.segments[0].stages[1].loras == (("distilled", 1.0),) and b.segments[0].stages[1].loras == ()
+    x, y = tiny_engine.generate(a, a.segments[0]), tiny_engine.generate(b, b.segments[0])
+    assert not np.array_equal(x.frames, y.frames)
+
+
+@pytest.mark.parametrize(
+    ("lora", "message"),
+    [
+        ("missing", "does not exist"),
+        ("wrong-shape", "features"),
+        ("wrong-module", "does not have"),
+        ("not-safetensors", "not a safetensors file"),
+    ],
+)
+def test_bad_lora_files_are_refused_before_serving(tmp_path: Path, lora: str, message: str) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"{lora}.safetensors"
+    if lora == "wrong-shape":  # a LoRA made for a wider model
+        save_file(
+            {
+                "diffusion_model.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 4096),
+                "diffusion_model.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(4096, 4),
+            },
+            path,
+        )
+    elif lora == "wrong-module":  # another architecture's module names
+        save_file({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(4, 16)}, path)
+    elif lora == "not-safetensors":
+        path.write_bytes(b"not a safetensors file at all")
+    f = operator_profile(tmp_path, f'[bad]\nextends = "ltx-2-tiny"\nloras.distilled.path = "{path}"\n')
+    profile = get_profile("bad", f)
+    with pytest.raises(ReelgenError) as err:
+        check_profile(profile)
+    assert err.value.code == ErrorCode.INVALID_PROFILE and message in err.value.message
+    with pytest.raises(ReelgenError) as err:  # the worker's engine load refuses it the same way
+        load_engine(profile, device="cpu")
+    assert err.value.code == ErrorCode.INVALID_PROFILE
+
+
+def test_serve_refuses_a_bad_profile_at_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = operator_profile(tmp_path, '[bad]\nextends = "ltx-2-tiny"\nmodes.professional.stage1.stg_blocks = [5]\n')
+    code = cli_main(["serve", "--profile", "bad", "--profiles-file", str(f), "--data-dir", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert code != 0 and "INVALID_PROFILE" in err and "stg_blocks [5]" in err
+
+
+@pytest.mark.parametrize("profile_name", ["ltx-2.3-tiny", "ltx-2.5-tiny"])
+def test_every_generation_runs_tiny(profile_name: str) -> None:
+    profile = get_profile(profile_name)
+    engine = load_engine(profile, device="cpu")
+    assert engine.sample_rate == 48000  # the 2.3/2.5 vocoder with bandwidth extension
+    for mode in ("standard", "professional"):
+        job = plan(GenerateInput(prompt="a fox", duration=3, mode=mode), profile, seed=1)  # type: ignore[arg-type]
+        clip = engine.generate(job, job.segments[0])
+        assert clip.frames.shape == (72, job.height, job.width, 3)
+        assert clip.audio is not None and clip.audio.shape == (2, 3 * 48000)
+    job = keyframe_job(profile)
+    assert job.segments[0].stages[0].conditions[0].crf == profile.image_crf
+    assert engine.generate(job, job.segments[0]).frames.shape == (72, job.height, job.width, 3)
+
+
+@pytest.mark.parametrize(
+    ("generation", "transformer", "connectors"),
+    [("2.0", 18.876e9, 1.431e9), ("2.3", 18.989e9, 3.172e9), ("2.5", 18.988e9, 3.172e9)],
+)
+def test_full_size_architectures_per_generation(generation: str, transformer: float, connectors: float) -> None:
+    """``--load-format dummy`` builds each generation's released architecture (meta device: shapes only)."""
+    import torch
+
+    from reelgen.engines.architectures import build_dummy_components
+
+    comps = build_dummy_components("meta", torch.bfloat16, generation=generation, text_encoder=False)
+    count = {k: sum(p.numel() for p in v.parameters()) for k, v in comps.items() if isinstance(v, torch.nn.Module)}
+    assert count["transformer"] == pytest.approx(transformer, rel=1e-3)
+    assert count["connectors"] == pytest.approx(connectors, rel=1e-3)
+    config = comps["transformer"].config
+    assert config.rope_type == "split" and config.num_layers == 48
+    assert config.gated_attn is (generation != "2.0") and config.cross_attn_mod is (generation != "2.0")
+    assert comps["vocoder"].config.output_sampling_rate == (24000 if generation == "2.0" else 48000)
+    assert ("duration_head" in comps) is (generation == "2.5")
+    assert (comps["vae"].spatial_compression_ratio, comps["vae"].temporal_compression_ratio) == (32, 8)
+
+
+def test_multi_shot_text_is_never_truncated_away(tiny_engine: Engine, tiny_profile: Profile) -> None:
+    """A shared prompt longer than the token budget cuts only itself: the shot's words come first."""
+    shared = "a very long shared description of the scene " * 10
+    shots = [{"prompt": "the fox jumps", "duration": 1}, {"prompt": "the owl lands", "duration": 2}]
+    inp = GenerateInput.model_validate({"prompt": shared, "duration": 3, "multi_shots": True, "multi_prompt": shots})
+    job = plan(inp, tiny_profile, seed=1)
+    tokenizer = tiny_engine._components["tokenizer"]  # type: ignore[attr-defined]
+    for segment, shot in zip(job.segments, shots, strict=True):
+        ids = tokenizer(segment.prompt, truncation=True, max_length=job.max_sequence_length)["input_ids"]
+        kept = tokenizer.decode(ids, skip_special_tokens=True)
+        assert len(tokenizer(shared)["input_ids"]) > job.max_sequence_length
+        assert kept.startswith(shot["prompt"])
+
+
+def test_generate_plan_prints_what_the_engine_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    image = tmp_path / "start.png"
+    picture(640, 360, 1).save(image)
+    args = ["generate", "a fox", "--local", "--plan", "--profile", "ltx-2.5", "--mode", "professional"]
+    code = cli_main([*args, "--duration", "5", "--image", str(image), "--image", str(image), "--seed", "9"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["profile"], out["generation"], out["width"], out["height"], out["fps"], out["frames"]) == (
+        "ltx-2.5",
+        "2.5",
+        1920,
+        1080,
+        24,
+        120,
+    )
+    (segment,) = out["segments"]
+    assert segment["seed"] == 9 and segment["frames"] == 121
+    one, two = segment["stages"]
+    assert one["pipeline"] == two["pipeline"] == "LTX2ConditionPipeline"
+    assert (one["width"], one["height"], two["width"], two["height"]) == (960, 544, 1920, 1088)
+    assert one["conditions"] == [
+        {"image": "start", "pixel_frame": 0, "strength": 1.0, "crf": 18},
+        {"image": "end", "pixel_frame": 119, "strength": 1.0, "crf": 18},
+    ]
+    assert len(one["sigmas"]) == 30 and one["guidance"]["spatio_temporal_guidance_blocks"] == [28]
+    assert two["sigmas"] == [0.909375, 0.725, 0.421875] and two["loras"] == [{"name": "distilled", "strength": 1.0}]
+    # the same plan as the API would make: planned from the request, not from a second code path
+    request = GenerateInput(prompt="a fox", duration=5, mode="professional", image_urls=["https://a", "https://b"])
+    job = plan(request, get_profile("ltx-2.5"), seed=9, start_image_size=(640, 360))
+    assert out["segments"] == job.as_dict()["segments"]
