@@ -97,16 +97,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        best: tuple[float, float, list[tuple[str, float]], Any] | None = None
+        best: tuple[float, float, list[tuple[str, float]], Any, dict[str, int]] | None = None
         for i in range(max(1, args.repeat)):
             timings: list[tuple[str, float]] = []
+            rows: dict[str, int] = {}
             cpu0, t0 = _cpu_s(), time.perf_counter()
-            info = render(job, engine, Path(tmp) / f"bench{i}.mp4", timings=timings)
+            info = render(job, engine, Path(tmp) / f"bench{i}.mp4", timings=timings, rows=rows)
             total, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
             if best is None or total < best[0]:
-                best = (total, cpu, timings, info)
+                best = (total, cpu, timings, info, rows)
         assert best is not None
-        total_s, cpu_s, timings, info = best
+        total_s, cpu_s, timings, info, rows = best
     steps = {name: [round(s, 4) for n, s in timings if n == name] for name in ("stage1_step", "stage2_step")}
     stages: dict[str, float] = {}
     for name, seconds in timings:
@@ -125,12 +126,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "job": {
             "width": job.width,
             "height": job.height,
+            "generation_width": job.generation_width,
+            "generation_height": job.generation_height,
             "frames_generated": job.segments[0].num_frames,
-            "steps": job.steps,
-            "two_stage": job.two_stage,
-            "stage2_steps": len(job.stage2_sigmas) if job.two_stage else 0,
-            "guidance": job.guidance,
+            "steps": job.total_steps,
         },
+        # per denoising stage: planned steps, transformer rows run (guidance adds rows), seconds
+        "stages": [
+            {
+                "name": st.name,
+                "width": st.width,
+                "height": st.height,
+                "steps": len(steps.get(f"{st.name}_step", [])),
+                "planned_steps": st.steps * len(job.segments),
+                "transformer_rows": rows.get(st.name, 0),
+                "seconds": round(sum(steps.get(f"{st.name}_step", [])), 4),
+            }
+            for st in job.segments[0].stages
+        ],
         "device": device,
         "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
@@ -157,9 +170,14 @@ def _print(r: dict[str, Any]) -> None:
     print(f"profile {r['profile']} ({r['load_format']}) on {where}")
     print(
         f"request {req['duration']} s {req['mode']} {req['aspect_ratio']} audio={req['audio']} -> "
-        f"{job['width']}x{job['height']}, {job['frames_generated']} frames generated, {job['steps']} steps"
-        + (f" + {job['stage2_steps']} stage-2 steps (two-stage)" if job["two_stage"] else "")
+        f"{job['width']}x{job['height']} (generated at {job['generation_width']}x{job['generation_height']}), "
+        f"{job['frames_generated']} frames generated, {job['steps']} steps"
     )
+    for st in r["stages"]:
+        print(
+            f"  {st['name']}: {st['width']}x{st['height']}, {st['steps']} steps, "
+            f"{st['transformer_rows']} transformer rows, {st['seconds']:.3f} s"
+        )
     if r["random_weights"]:
         print("random weights: the output is noise (timings and memory are real)")
     print(f"  {'engine load':<18}{r['load_s']:>9.3f} s")

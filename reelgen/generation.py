@@ -36,13 +36,15 @@ def render(
     on_progress: ProgressCallback | None = None,
     *,
     timings: list[tuple[str, float]] | None = None,
+    rows: dict[str, int] | None = None,
 ) -> MediaInfo:
     """Generate every segment of ``job`` with ``engine`` and write them, joined, to ``out_path``.
 
     ``on_progress(done, total)`` is called after every denoising step with counts over the whole
     job (``total == job.total_steps``); returning False stops at that step boundary and raises
     ``Cancelled`` (no file is left behind). ``timings``, when given, receives every segment's stage
-    timings plus ``muxing`` (the time spent encoding and writing the MP4).
+    timings plus ``muxing`` (the time spent encoding and writing the MP4); ``rows``, when given,
+    adds up the transformer rows each stage ran.
     """
     from reelgen.media import Mp4Writer
 
@@ -67,6 +69,9 @@ def render(
             if timings is not None:
                 timings.extend(clip.timings)
                 timings.append(("muxing", time.perf_counter() - t0))
+            if rows is not None:
+                for stage, n in clip.rows.items():
+                    rows[stage] = rows.get(stage, 0) + n
             del clip
         if writer is None:
             raise ReelgenError(ErrorCode.GENERATION_FAILED, "the job has no segments")

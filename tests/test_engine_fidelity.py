@@ -285,3 +285,25 @@ def test_generate_plan_prints_what_the_engine_runs(capsys: pytest.CaptureFixture
     request = GenerateInput(prompt="a fox", duration=5, mode="professional", image_urls=["https://a", "https://b"])
     job = plan(request, get_profile("ltx-2.5"), seed=9, start_image_size=(640, 360))
     assert out["segments"] == job.as_dict()["segments"]
+
+
+def rows_per_step(guidance: dict[str, Any]) -> int:
+    """Transformer rows one step of diffusers' LTX-2 pipelines runs for this guidance."""
+    cfg = 2 if guidance["guidance_scale"] > 1 or guidance["audio_guidance_scale"] > 1 else 1
+    stg = 1 if guidance["stg_scale"] > 0 or guidance["audio_stg_scale"] > 0 else 0
+    modality = 1 if guidance["modality_scale"] > 1 or guidance["audio_modality_scale"] > 1 else 0
+    return cfg + stg + modality
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("standard", {"stage1": 8, "stage2": 3}), ("professional", None)])
+def test_counted_transformer_rows_match_the_schedule(
+    tiny_engine: Engine, tiny_profile: Profile, mode: str, expected: dict[str, int] | None
+) -> None:
+    job = plan(GenerateInput(prompt="a fox", duration=3, mode=mode), tiny_profile, seed=1)  # type: ignore[arg-type]
+    clip = tiny_engine.generate(job, job.segments[0])
+    planned = {s.name: s.steps * rows_per_step(s.guidance) for s in job.segments[0].stages}
+    assert clip.rows == planned
+    if expected is not None:  # the distilled mode: one row per step, 11 forwards in all
+        assert clip.rows == expected
+    else:  # the guided stage 1: CFG (2 rows) + STG + modality isolation = 4 rows a step
+        assert clip.rows == {"stage1": 40 * 4, "stage2": 3}

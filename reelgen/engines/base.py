@@ -37,7 +37,9 @@ class Clip:
     ``frames`` holds exactly ``seconds * fps`` frames and ``audio`` exactly ``seconds * sample_rate``
     samples (None when the job has no audio). ``timings`` lists ``(stage, seconds)`` in the order
     the stages ran (``text_encoding``, one ``stage1_step`` / ``stage2_step`` per denoising step,
-    ``upsample``, ``vae_decode``, ``audio_decode``), for benchmarks and logs.
+    ``upsample``, ``vae_decode``, ``audio_decode``), for benchmarks and logs; ``rows`` counts the
+    transformer rows each stage ran (one per step unguided; classifier-free, spatio-temporal and
+    modality guidance each add rows).
     """
 
     frames: np.ndarray
@@ -45,6 +47,8 @@ class Clip:
     audio: np.ndarray | None
     sample_rate: int | None
     timings: list[tuple[str, float]] = field(default_factory=list)
+    #: transformer rows (batch entries through the denoiser) per stage: guidance costs rows
+    rows: dict[str, int] = field(default_factory=dict)
 
 
 class Engine(Protocol):

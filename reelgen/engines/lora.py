@@ -30,18 +30,31 @@ if TYPE_CHECKING:
 _TINY_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
 
 
-def build_tiny_lora(transformer: torch.nn.Module, *, rank: int = 4, seed: int = 7) -> dict[str, torch.Tensor]:
-    """A seeded random LoRA for a (tiny) transformer, in the layout Lightricks publishes (``diffusion_model.``)."""
+def build_tiny_lora(
+    transformer: torch.nn.Module, *, rank: int = 4, seed: int = 7, every_linear: bool = False
+) -> dict[str, torch.Tensor]:
+    """A seeded random LoRA for a transformer, in the layout Lightricks publishes (``diffusion_model.``).
+
+    By default it adapts the self-attention projections (tiny test LoRAs); ``every_linear`` adapts
+    every linear layer of the blocks at the transformer's device and dtype, as the distilled LoRA
+    does (``--load-format dummy`` uses rank 384: the real LoRA's cost, random values).
+    """
     import torch
 
-    gen = torch.Generator().manual_seed(seed)
+    param = next(transformer.parameters())
+    device, dtype = (param.device, param.dtype) if every_linear else (torch.device("cpu"), torch.float32)
+    gen = torch.Generator(device=device).manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     for name, module in transformer.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.endswith(_TINY_TARGETS) and name.startswith("transformer_"):
-            a = torch.randn(rank, module.in_features, generator=gen) * 0.5
-            b = torch.randn(module.out_features, rank, generator=gen) * 0.5
-            state[f"diffusion_model.{name}.lora_A.weight"] = a
-            state[f"diffusion_model.{name}.lora_B.weight"] = b
+        if not (isinstance(module, torch.nn.Linear) and name.startswith("transformer_blocks.")):
+            continue
+        if not (every_linear or name.endswith(_TINY_TARGETS)):
+            continue
+        scale = 0.5 if not every_linear else 1e-3
+        a = torch.randn(rank, module.in_features, generator=gen, device=device, dtype=dtype) * scale
+        b = torch.randn(module.out_features, rank, generator=gen, device=device, dtype=dtype) * scale
+        state[f"diffusion_model.{name}.lora_A.weight"] = a
+        state[f"diffusion_model.{name}.lora_B.weight"] = b
     return state
 
 
@@ -122,7 +135,9 @@ def check_lora_file(spec: LoraSpec, profile: Profile, modules: dict[str, Any]) -
 class Adapters:
     """The profile's LoRAs loaded once into the shared components; ``activate`` switches them per stage."""
 
-    def __init__(self, pipe: Any, profile: Profile | None) -> None:
+    def __init__(self, pipe: Any, profile: Profile | None, *, random_full_size: bool = False) -> None:
+        """Load ``profile``'s LoRAs into ``pipe``'s components; ``random_full_size`` (``--load-format
+        dummy``) stands a random rank-384 LoRA over every linear layer in for each file."""
         self._pipe = pipe
         self._active: tuple[tuple[str, float], ...] | None = None
         specs = list(profile.loras.values()) if profile is not None else []
@@ -131,7 +146,9 @@ class Adapters:
         for spec in specs:
             source: Any
             kwargs: dict[str, Any] = {}
-            if spec.is_tiny:
+            if random_full_size:
+                source = build_tiny_lora(pipe.transformer, rank=384, every_linear=True)
+            elif spec.is_tiny:
                 source = build_tiny_lora(pipe.transformer)
             else:
                 assert profile is not None

@@ -80,11 +80,15 @@ class _Progress:
     done: int = 0
     stage: str = "stage1_step"
     mark: float | None = field(default=None)
+    rows: dict[str, int] = field(default_factory=dict)
 
     def start_stage(self, stage: str) -> None:
         self.stage, self.mark = stage, None
 
-    def before_forward(self, *_: Any, **__: Any) -> None:
+    def before_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        name = self.stage.removesuffix("_step")
+        self.rows[name] = self.rows.get(name, 0) + (int(hidden.shape[0]) if hidden is not None else 1)
         # The first transformer forward of a stage starts its first step's clock.
         if self.mark is None:
             self.sync()
@@ -132,7 +136,7 @@ class LTX2Engine:
         self._sync: Callable[[], None] = (lambda: torch.cuda.synchronize(self.device)) if cuda else (lambda: None)
         from reelgen.engines.lora import Adapters
 
-        self.adapters: Adapters = Adapters(self._pipeline(TEXT_PIPELINE), profile)
+        self.adapters: Adapters = Adapters(self._pipeline(TEXT_PIPELINE), profile, random_full_size=source == "dummy")
 
     # -- loading ----------------------------------------------------------------------------
     @classmethod
@@ -218,7 +222,7 @@ class LTX2Engine:
         self._check(job, segment)
         timings: list[tuple[str, float]] = []
         progress = _Progress(total=segment.steps, on_step=on_step, timings=timings, sync=self._sync)
-        hook = self._components["transformer"].register_forward_pre_hook(progress.before_forward)
+        hook = self._components["transformer"].register_forward_pre_hook(progress.before_forward, with_kwargs=True)
         try:
             with torch.no_grad():
                 video, audio = self._denoise(job, segment, progress)
@@ -236,6 +240,7 @@ class LTX2Engine:
             audio=_fit_samples(sound, want_samples) if sound is not None else None,
             sample_rate=self.sample_rate if sound is not None else None,
             timings=timings,
+            rows=progress.rows,
         )
 
     def _check(self, job: Job, segment: Segment) -> None:
