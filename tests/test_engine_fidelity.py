@@ -307,3 +307,26 @@ def test_counted_transformer_rows_match_the_schedule(
         assert clip.rows == expected
     else:  # the guided stage 1: CFG (2 rows) + STG + modality isolation = 4 rows a step
         assert clip.rows == {"stage1": 40 * 4, "stage2": 3}
+
+
+@pytest.mark.parametrize("mode", ["standard", "professional"])
+@pytest.mark.parametrize("model", ["text-to-video", "image-to-video"])
+def test_every_aspect_ratio_of_both_modes_and_both_models_has_the_asked_shape(
+    tiny_engine: Engine, tiny_profile: Profile, mode: str, model: str
+) -> None:
+    shapes = {"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (960, 960)}
+    for aspect, (w, h) in shapes.items():
+        fields: dict[str, Any] = {"prompt": "a fox", "duration": 3, "mode": mode}
+        size = None
+        if model == "image-to-video":
+            fields["image_urls"] = ["https://a/1.png"]
+            size = (w, h)  # the start image's own shape picks the aspect ratio
+        else:
+            fields["aspect_ratio"] = aspect
+        job = plan(GenerateInput.model_validate(fields), tiny_profile, seed=3, start_image_size=size)
+        if size:
+            job = replace(job, start_image=picture(job.width, job.height, 5))
+        clip = tiny_engine.generate(job, job.segments[0])
+        assert clip.frames.shape == (72, job.height, job.width, 3)
+        assert (job.width, job.height) == tiny_profile.mode(mode).size(aspect)  # type: ignore[arg-type]
+        assert abs(job.width / job.height / (w / h) - 1) <= 0.02
