@@ -26,7 +26,7 @@ from reelgen.engines.tiny import _default_dtype, _seeded, build_tokenizer, lib, 
 if TYPE_CHECKING:
     import torch
 
-GENERATIONS = ("2.0", "2.3", "2.5")
+from reelgen.profiles import GENERATIONS
 
 #: Transformer switches per generation (the rest of the config is shared).
 TRANSFORMER_SWITCHES: dict[str, dict[str, Any]] = {
@@ -46,17 +46,9 @@ TRANSFORMER_SWITCHES: dict[str, dict[str, Any]] = {
         "use_prompt_embeddings": False,
         "perturbed_attn": True,
     },
-    "2.5": {
-        "gated_attn": True,
-        "cross_attn_mod": True,
-        "audio_gated_attn": True,
-        "audio_cross_attn_mod": True,
-        "use_prompt_embeddings": False,
-        "perturbed_attn": True,
-        "ff_bias": False,
-        "use_keyframes_abs_pos_embedding": True,
-    },
 }
+#: 2.5 = 2.3 without the video feed-forward bias, with a keyframe position embedding
+TRANSFORMER_SWITCHES["2.5"] = TRANSFORMER_SWITCHES["2.3"] | {"ff_bias": False, "use_keyframes_abs_pos_embedding": True}
 
 _TRANSFORMER: dict[str, Any] = {
     "in_channels": 128,

@@ -88,22 +88,21 @@ def build_tokenizer(extra: tuple[str, ...] = ()) -> Any:
 
 def _tiny_text_encoder(vocab_size: int, generation: str) -> Any:
     transformers = lib("transformers")
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "max_position_embeddings": 2048,
+        "sliding_window": 64,
+    }
     if generation == "2.5":  # Gemma-4 "unified" (Lightricks' fine-tune in the real model)
         ids = {t: i for i, t in enumerate((*SPECIAL_TOKENS, *GEMMA4_TOKENS))}
         cfg4 = transformers.Gemma4UnifiedConfig(
-            text_config={
-                "vocab_size": vocab_size,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 1,
-                "head_dim": 16,
-                "global_head_dim": 16,
-                "max_position_embeddings": 2048,
-                "sliding_window": 64,
-                "layer_types": ["sliding_attention", "full_attention"],
-            },
+            text_config=text | {"global_head_dim": 16, "layer_types": ["sliding_attention", "full_attention"]},
             vision_config={
                 "hidden_size": 16,
                 "intermediate_size": 32,
@@ -124,18 +123,7 @@ def _tiny_text_encoder(vocab_size: int, generation: str) -> Any:
         )
         return transformers.Gemma4UnifiedForConditionalGeneration(cfg4).eval()
     cfg = transformers.Gemma3Config(
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "head_dim": 16,
-            "max_position_embeddings": 2048,
-            "sliding_window": 64,
-            "query_pre_attn_scalar": 16,
-        },
+        text_config=text | {"query_pre_attn_scalar": 16},
         vision_config={
             "hidden_size": 16,
             "intermediate_size": 32,
