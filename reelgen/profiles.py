@@ -56,6 +56,20 @@ UNGUIDED: dict[str, float] = {
 MAX_SIDE = 8192
 
 
+#: ``acceleration.compile`` values: none, or ``torch.compile`` of the transformer's repeated blocks
+COMPILE_MODES = ("off", "regional")
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """How the engine speeds the transformer up; every switch can be turned off (the defaults)."""
+
+    #: ``regional``: ``torch.compile`` of the repeated transformer blocks, warmed when the engine loads
+    compile: str = "off"
+    #: a diffusers attention backend (``set_attention_backend``): ``native``, ``flash``, ``_flash_3``, ``sage``...
+    attention_backend: str = "native"
+
+
 @dataclass(frozen=True)
 class LoraSpec:
     """A LoRA the profile may apply: ``path`` is a ``.safetensors`` file (absolute, or relative to a
@@ -147,6 +161,7 @@ class Profile:
     #: the weights' subfolder holding the full (non-distilled) transformer
     transformer_subfolder: str = "transformer"
     loras: dict[str, LoraSpec] = field(default_factory=dict)
+    acceleration: Acceleration = field(default_factory=Acceleration)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -233,6 +248,16 @@ def _loras(name: str, raw: dict[str, Any], generation: str) -> dict[str, LoraSpe
     return out
 
 
+def _acceleration(name: str, raw: dict[str, Any]) -> Acceleration:
+    unknown = sorted(set(raw) - {"compile", "attention_backend"})
+    if unknown:
+        raise _bad(name, f"acceleration: unknown key(s) {unknown} (known: compile, attention_backend)")
+    acc = Acceleration(**{k: str(v) for k, v in raw.items()})
+    if acc.compile not in COMPILE_MODES:
+        raise _bad(name, f"acceleration.compile {acc.compile!r}: use one of {', '.join(COMPILE_MODES)}")
+    return acc
+
+
 _KNOWN = {
     "engine",
     "generation",
@@ -247,6 +272,7 @@ _KNOWN = {
     "image_crf",
     "transformer_subfolder",
     "loras",
+    "acceleration",
     "modes",
     "rates",
     "extends",
@@ -284,6 +310,7 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
             image_crf=int(raw.get("image_crf", 33)),
             transformer_subfolder=str(raw.get("transformer_subfolder", "transformer")),
             loras=loras,
+            acceleration=_acceleration(name, dict(raw.get("acceleration", {}))),
             extra={k: v for k, v in raw.items() if k not in _KNOWN},
         )
     except KeyError as exc:

@@ -330,3 +330,44 @@ def test_every_aspect_ratio_of_both_modes_and_both_models_has_the_asked_shape(
         assert clip.frames.shape == (72, job.height, job.width, 3)
         assert (job.width, job.height) == tiny_profile.mode(mode).size(aspect)  # type: ignore[arg-type]
         assert abs(job.width / job.height / (w / h) - 1) <= 0.02
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('attention_backend = "flash"', "flash"),  # flash-attn is not installed here (nor is a GPU)
+        ('attention_backend = "warp"', "must be one of"),
+    ],
+)
+def test_an_attention_backend_that_cannot_run_here_is_refused_before_serving(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    f = operator_profile(tmp_path, f'[fast]\nextends = "ltx-2-tiny"\n[fast.acceleration]\n{table}\n')
+    profile = get_profile("fast", f)
+    for attempt in (lambda: check_profile(profile), lambda: load_engine(profile, device="cpu")):
+        with pytest.raises(ReelgenError) as err:
+            attempt()
+        assert err.value.code == ErrorCode.INVALID_PROFILE and "attention_backend" in err.value.message
+        assert message in err.value.message
+
+
+def test_unknown_acceleration_values_are_refused(tmp_path: Path) -> None:
+    for table, message in (('compile = "max"', "compile 'max'"), ("fp9 = true", "unknown key")):
+        f = operator_profile(tmp_path, f'[fast]\nextends = "ltx-2-tiny"\n[fast.acceleration]\n{table}\n')
+        with pytest.raises(ReelgenError) as err:
+            get_profile("fast", f)
+        assert err.value.code == ErrorCode.INVALID_PROFILE and message in err.value.message
+
+
+def test_regional_compile_agrees_with_eager(tmp_path: Path, tiny_engine: Engine, tiny_profile: Profile) -> None:
+    """``compile = "regional"``: the repeated blocks compiled (and warmed at load), the output within a
+    pixel level of eager on the same plan; the switch off is the eager engine every other test uses."""
+    f = operator_profile(tmp_path, '[compiled]\nextends = "ltx-2-tiny"\nacceleration.compile = "regional"\n')
+    profile = get_profile("compiled", f)
+    engine = load_engine(profile, device="cpu")  # compiles and runs one warm-up generation per mode
+    job = plan(GenerateInput(prompt="a fox", duration=3), tiny_profile, seed=8)
+    compiled, eager = engine.generate(job, job.segments[0]), tiny_engine.generate(job, job.segments[0])
+    diff = np.abs(compiled.frames.astype(np.int16) - eager.frames.astype(np.int16))
+    assert diff.max() <= 2 and (diff > 0).mean() < 0.01
+    assert compiled.audio is not None and eager.audio is not None
+    np.testing.assert_allclose(compiled.audio, eager.audio, atol=1e-4)

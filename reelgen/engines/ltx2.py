@@ -166,7 +166,7 @@ class LTX2Engine:
                     module.to(device=dev).eval()
                     if dtype != torch.float32:
                         module.to(dtype=dtype)
-            return cls(comps, up, device=dev, random_weights=True, source="tiny", **opts)
+            return cls(comps, up, device=dev, random_weights=True, source="tiny", **opts).accelerate(profile)
         if load_format == "dummy":
             from reelgen.engines.architectures import build_dummy_components, build_dummy_latent_upsampler
 
@@ -177,7 +177,7 @@ class LTX2Engine:
             )
             up = build_dummy_latent_upsampler(dev, dtype, generation=profile.generation) if needs_upsampler else None
             comps["vae"].enable_tiling()
-            return cls(comps, up, device=dev, random_weights=True, source="dummy", **opts)
+            return cls(comps, up, device=dev, random_weights=True, source="dummy", **opts).accelerate(profile)
         check_profile(profile, load_format)
         comps, up = load_pretrained(profile, dtype, needs_upsampler)
         for name, module in [*comps.items(), ("latent_upsampler", up)]:
@@ -186,7 +186,24 @@ class LTX2Engine:
         # Full-size decoding in spatial tiles (512 px, blended): without it a 1080p clip's VAE decode
         # needs far more memory than the denoiser (the reference two-stage recipe does the same).
         comps["vae"].enable_tiling()
-        return cls(comps, up, device=dev, random_weights=False, source=profile.weights, **opts)
+        return cls(comps, up, device=dev, random_weights=False, source=profile.weights, **opts).accelerate(profile)
+
+    def accelerate(self, profile: Profile) -> LTX2Engine:
+        """Apply the profile's acceleration switches; with ``compile = "regional"`` the repeated transformer
+        blocks are compiled and warmed now, with one generation per mode (16:9, the shortest duration),
+        so the first task does not pay for compilation. Other shapes compile on their first use (torch
+        marks a dimension dynamic once it has seen two sizes of it)."""
+        from reelgen.engines.weights import set_attention_backend
+        from reelgen.planning import plan
+        from reelgen.schemas import GenerateInput
+
+        set_attention_backend(profile, self._components["transformer"])
+        if profile.acceleration.compile == "regional":
+            self._components["transformer"].compile_repeated_blocks(fullgraph=True)
+            for mode in profile.modes:
+                job = plan(GenerateInput(prompt="warm-up", duration=profile.min_duration, mode=mode), profile, seed=0)
+                self.generate(job, job.segments[0])
+        return self
 
     def _pipeline(self, kind: str) -> Any:
         """The pipeline named by a stage (or ``upsample``), built once, sharing the components."""

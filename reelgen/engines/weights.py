@@ -76,6 +76,7 @@ def check_profile(profile: Profile, load_format: str = "auto", modules: dict[str
     from reelgen.engines.lora import check_lora_file
 
     modules = {k: v for k, v in (modules or meta_modules(profile, load_format)).items() if k in LORA_TARGETS}
+    set_attention_backend(profile, modules["transformer"])
     layers = int(modules["transformer"].config.num_layers)
     for mode, spec in profile.modes.items():
         for stage in spec.stages:
@@ -89,6 +90,21 @@ def check_profile(profile: Profile, load_format: str = "auto", modules: dict[str
     if load_format != "dummy":  # dummy engines stand random LoRAs in for the files
         for lora in profile.loras.values():
             check_lora_file(lora, profile, modules)
+
+
+def set_attention_backend(profile: Profile, transformer: Any) -> None:
+    """Switch ``transformer`` to the profile's attention backend; one it cannot use here (a kernel
+    package that is not installed, an unknown name) is refused with diffusers' own reason."""
+    backend = profile.acceleration.attention_backend
+    if backend == "native":
+        return
+    try:
+        transformer.set_attention_backend(backend)
+    except (ValueError, RuntimeError, ImportError) as exc:
+        raise ReelgenError(
+            ErrorCode.INVALID_PROFILE,
+            f"profile {profile.name!r}: acceleration.attention_backend {backend!r} cannot run here: {exc}",
+        ) from None
 
 
 def check_dummy_fits(device: str, dtype: torch.dtype, offload_text_encoder: bool, generation: str = "2.0") -> None:
