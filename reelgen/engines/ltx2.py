@@ -70,17 +70,33 @@ def resolve_device(device: str | None) -> str:
 
 @dataclass
 class _Progress:
-    """Counts denoising steps across the stages of one segment, times them, and relays cancellation."""
+    """Counts denoising steps and transformer rows across the stages of one segment, times the steps,
+    and relays cancellation.
+
+    The steps are timed without waiting for the device at every step: on CUDA each step boundary
+    records an event and the elapsed times are read once, after the segment (``finish``); on the CPU
+    the clock is the wall clock. A step's time starts at its stage's first transformer forward.
+    """
 
     total: int
     on_step: StepCallback | None
     timings: list[tuple[str, float]]
-    #: waits for queued device work, so a step's time is the device's, not the launch's
-    sync: Callable[[], None]
+    cuda: bool = False
     done: int = 0
     stage: str = "stage1_step"
-    mark: float | None = field(default=None)
+    mark: Any = field(default=None)
     rows: dict[str, int] = field(default_factory=dict)
+    #: (index in timings, start mark, end mark) of the steps whose time is still on the device
+    pending: list[tuple[int, Any, Any]] = field(default_factory=list)
+
+    def _now(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        event.record()
+        return event
 
     def start_stage(self, stage: str) -> None:
         self.stage, self.mark = stage, None
@@ -89,20 +105,30 @@ class _Progress:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         name = self.stage.removesuffix("_step")
         self.rows[name] = self.rows.get(name, 0) + (int(hidden.shape[0]) if hidden is not None else 1)
-        # The first transformer forward of a stage starts its first step's clock.
         if self.mark is None:
-            self.sync()
-            self.mark = time.perf_counter()
+            self.mark = self._now()
 
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        self.sync()
-        now = time.perf_counter()
-        self.timings.append((self.stage, now - (self.mark if self.mark is not None else now)))
+        now = self._now()
+        start = self.mark if self.mark is not None else now
+        if self.cuda:
+            self.pending.append((len(self.timings), start, now))
+            self.timings.append((self.stage, 0.0))
+        else:
+            self.timings.append((self.stage, now - start))
         self.mark = now
         self.done += 1
         if self.on_step is not None and self.on_step(self.done, self.total) is False:
             raise Cancelled()
         return {}
+
+    def finish(self) -> None:
+        """Read the device's step times (one wait for the device, after the whole segment)."""
+        if self.pending:
+            self.pending[-1][2].synchronize()
+            for index, start, end in self.pending:
+                self.timings[index] = (self.timings[index][0], start.elapsed_time(end) / 1000.0)
+            self.pending.clear()
 
 
 class LTX2Engine:
@@ -238,13 +264,14 @@ class LTX2Engine:
 
         self._check(job, segment)
         timings: list[tuple[str, float]] = []
-        progress = _Progress(total=segment.steps, on_step=on_step, timings=timings, sync=self._sync)
+        progress = _Progress(total=segment.steps, on_step=on_step, timings=timings, cuda=self.device.type == "cuda")
         hook = self._components["transformer"].register_forward_pre_hook(progress.before_forward, with_kwargs=True)
         try:
             with torch.no_grad():
                 video, audio = self._denoise(job, segment, progress)
                 frames = self._timed(timings, "vae_decode", lambda: self._decode_video(video))
                 sound = self._timed(timings, "audio_decode", lambda: self._decode_audio(audio)) if job.audio else None
+            progress.finish()
         except torch.cuda.OutOfMemoryError as exc:
             raise ReelgenError(ErrorCode.GENERATION_FAILED, f"out of GPU memory on {self.device}: {exc}") from None
         finally:
