@@ -180,6 +180,28 @@ class Job:
         }
 
 
+#: (video knob, audio knob, value that turns the audio knob's row off): a guidance row runs when
+#: either knob asks for it, so a row only the audio asks for is wasted when the audio is thrown away
+_AUDIO_ONLY_ROWS = (
+    ("guidance_scale", "audio_guidance_scale", 1.0),
+    ("stg_scale", "audio_stg_scale", 0.0),
+    ("modality_scale", "audio_modality_scale", 1.0),
+)
+
+
+def _without_audio_only_rows(guidance: dict[str, Any]) -> dict[str, Any]:
+    """Guidance for a request without audio: a classifier-free, STG or modality row that serves only
+    the audio (its video knob is off) is dropped; rows the video uses stay exactly as they are."""
+    g = dict(guidance)
+    for video, audio, off in _AUDIO_ONLY_ROWS:
+        video_off = g[video] <= 1.0 if off == 1.0 else g[video] <= 0.0
+        if video_off:
+            g[audio] = off
+    if g["stg_scale"] <= 0 and g["audio_stg_scale"] <= 0:
+        g["spatio_temporal_guidance_blocks"] = None
+    return g
+
+
 def _shot_prompt(shared: str, shot: str) -> str:
     # The shot's own text first: the tokenizer truncates on the right, so an over-long combination
     # loses the shared context, never what this shot must show.
@@ -231,7 +253,7 @@ def plan(
                     height=gen_h // 2 if half else gen_h,
                     frames=frames,
                     sigmas=st.sigmas,
-                    guidance=st.full_guidance(),
+                    guidance=st.full_guidance() if inp.audio else _without_audio_only_rows(st.full_guidance()),
                     loras=st.loras,
                     conditions=tuple(conditions),
                     upsample=k > 0,

@@ -371,3 +371,28 @@ def test_regional_compile_agrees_with_eager(tmp_path: Path, tiny_engine: Engine,
     assert diff.max() <= 2 and (diff > 0).mean() < 0.01
     assert compiled.audio is not None and eager.audio is not None
     np.testing.assert_allclose(compiled.audio, eager.audio, atol=1e-4)
+
+
+def test_audio_off_drops_the_guidance_rows_that_only_serve_audio(tiny_engine: Engine, tmp_path: Path) -> None:
+    """A profile whose STG and modality rows are asked for by the audio knobs only: with audio off those
+    rows go (and their blocks), the CFG row the video uses stays; with audio on they run."""
+    f = operator_profile(
+        tmp_path,
+        '[audio-stg]\nextends = "ltx-2-tiny"\n'
+        "modes.professional.stage1.guidance = { guidance_scale = 3.0, audio_guidance_scale = 7.0, "
+        "stg_scale = 0.0, audio_stg_scale = 1.0, modality_scale = 1.0, audio_modality_scale = 3.0 }\n",
+    )
+    profile = get_profile("audio-stg", f)
+    on = plan(GenerateInput(prompt="a fox", duration=3, mode="professional"), profile, seed=1)  # type: ignore[arg-type]
+    off = plan(GenerateInput(prompt="a fox", duration=3, mode="professional", audio=False), profile, seed=1)  # type: ignore[arg-type]
+    g_on, g_off = on.segments[0].stages[0].guidance, off.segments[0].stages[0].guidance
+    assert rows_per_step(g_on) == 4 and rows_per_step(g_off) == 2  # CFG (2 rows) stays: the video uses it
+    assert g_off["audio_stg_scale"] == 0.0 and g_off["spatio_temporal_guidance_blocks"] is None
+    assert g_off["audio_guidance_scale"] == 7.0  # the video's CFG row serves the audio too: unchanged
+    clip = tiny_engine.generate(off, off.segments[0])
+    assert clip.rows == {"stage1": 40 * 2, "stage2": 3} and clip.audio is None
+    # the shipped profiles' rows all serve the video: audio off changes nothing there
+    tiny = get_profile("ltx-2-tiny")
+    a = plan(GenerateInput(prompt="x", mode="professional", audio=False), tiny, seed=1)  # type: ignore[arg-type]
+    b = plan(GenerateInput(prompt="x", mode="professional"), tiny, seed=1)  # type: ignore[arg-type]
+    assert a.segments[0].stages == b.segments[0].stages
