@@ -396,3 +396,18 @@ def test_audio_off_drops_the_guidance_rows_that_only_serve_audio(tiny_engine: En
     a = plan(GenerateInput(prompt="x", mode="professional", audio=False), tiny, seed=1)  # type: ignore[arg-type]
     b = plan(GenerateInput(prompt="x", mode="professional"), tiny, seed=1)  # type: ignore[arg-type]
     assert a.segments[0].stages == b.segments[0].stages
+
+
+def test_the_engine_guide_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/engine.md's Python example, as written (it renders fox.mp4 in the working directory)."""
+    import re
+
+    from reelgen.media import probe
+
+    text = (Path(__file__).parents[1] / "docs" / "engine.md").read_text()
+    example = re.search(r"```python\n(.*?)```", text, re.S)
+    assert example is not None
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example.group(1), "docs/engine.md", "exec"), {})
+    info = probe(tmp_path / "fox.mp4")
+    assert (info.width, info.height, info.duration, info.has_audio) == (128, 72, 5.0, True)
