@@ -362,7 +362,11 @@ def test_unknown_acceleration_values_are_refused(tmp_path: Path) -> None:
 def test_regional_compile_agrees_with_eager(tmp_path: Path, tiny_engine: Engine, tiny_profile: Profile) -> None:
     """``compile = "regional"``: the repeated blocks compiled (and warmed at load), the output within a
     pixel level of eager on the same plan; the switch off is the eager engine every other test uses."""
-    f = operator_profile(tmp_path, '[compiled]\nextends = "ltx-2-tiny"\nacceleration.compile = "regional"\n')
+    # (a 2-step professional stage 1 keeps the warm-up at load short; the compiled blocks are the same)
+    body = (
+        '[compiled]\nextends = "ltx-2-tiny"\nacceleration.compile = "regional"\nmodes.professional.stage1.steps = 2\n'
+    )
+    f = operator_profile(tmp_path, body)
     profile = get_profile("compiled", f)
     engine = load_engine(profile, device="cpu")  # compiles and runs one warm-up generation per mode
     job = plan(GenerateInput(prompt="a fox", duration=3), tiny_profile, seed=8)
