@@ -303,8 +303,7 @@ class LTX2Engine:
         if not segment.stages or len(segment.stages) > 2:
             raise ReelgenError(ErrorCode.INVALID_INPUT, f"a segment has one or two stages (got {len(segment.stages)})")
         for k, stage in enumerate(segment.stages):
-            multiple = 32
-            if stage.width <= 0 or stage.height <= 0 or stage.width % multiple or stage.height % multiple:
+            if stage.width <= 0 or stage.height <= 0 or stage.width % 32 or stage.height % 32:  # the VAE's 32x
                 raise ReelgenError(
                     ErrorCode.INVALID_INPUT,
                     f"{stage.name} size {stage.width}x{stage.height}: each side must be a positive multiple of 32",
