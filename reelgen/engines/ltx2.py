@@ -28,12 +28,12 @@ import functools
 import inspect
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from reelgen.engines.base import Cancelled, Clip, StepCallback
+from reelgen.engines.base import Clip, StepCallback
+from reelgen.engines.clock import StepClock
 from reelgen.engines.tiny import lib
-from reelgen.engines.weights import LOAD_FORMATS, check_dummy_fits, load_pretrained
+from reelgen.engines.weights import LOAD_FORMATS, check_dummy_fits, load_pretrained, resolve_device
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.planning import CONDITION_PIPELINE, TEXT_PIPELINE
 
@@ -45,90 +45,6 @@ if TYPE_CHECKING:
     from reelgen.engines.lora import Adapters
     from reelgen.planning import Job, Segment, Stage
     from reelgen.profiles import Profile
-
-
-def resolve_device(device: str | None) -> str:
-    """``None`` → ``cuda:0`` when CUDA is present, else ``cpu``; checks ``cpu`` / ``cuda`` / ``cuda:N``."""
-    import torch
-
-    if device is None:
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ReelgenError(ErrorCode.INVALID_SETTINGS, f"device {device!r}: CUDA is not available here")
-        index = int(device[5:]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise ReelgenError(
-                ErrorCode.INVALID_SETTINGS,
-                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present",
-            )
-        return f"cuda:{index}"
-    raise ReelgenError(ErrorCode.INVALID_SETTINGS, f"device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
-
-
-@dataclass
-class _Progress:
-    """Counts denoising steps and transformer rows across the stages of one segment, times the steps,
-    and relays cancellation.
-
-    The steps are timed without waiting for the device at every step: on CUDA each step boundary
-    records an event and the elapsed times are read once, after the segment (``finish``); on the CPU
-    the clock is the wall clock. A step's time starts at its stage's first transformer forward.
-    """
-
-    total: int
-    on_step: StepCallback | None
-    timings: list[tuple[str, float]]
-    cuda: bool = False
-    done: int = 0
-    stage: str = "stage1_step"
-    mark: Any = field(default=None)
-    rows: dict[str, int] = field(default_factory=dict)
-    #: (index in timings, start mark, end mark) of the steps whose time is still on the device
-    pending: list[tuple[int, Any, Any]] = field(default_factory=list)
-
-    def _now(self) -> Any:
-        if not self.cuda:
-            return time.perf_counter()
-        import torch
-
-        event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        event.record()
-        return event
-
-    def start_stage(self, stage: str) -> None:
-        self.stage, self.mark = stage, None
-
-    def before_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        name = self.stage.removesuffix("_step")
-        self.rows[name] = self.rows.get(name, 0) + (int(hidden.shape[0]) if hidden is not None else 1)
-        if self.mark is None:
-            self.mark = self._now()
-
-    def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        now = self._now()
-        start = self.mark if self.mark is not None else now
-        if self.cuda:
-            self.pending.append((len(self.timings), start, now))
-            self.timings.append((self.stage, 0.0))
-        else:
-            self.timings.append((self.stage, now - start))
-        self.mark = now
-        self.done += 1
-        if self.on_step is not None and self.on_step(self.done, self.total) is False:
-            raise Cancelled()
-        return {}
-
-    def finish(self) -> None:
-        """Read the device's step times (one wait for the device, after the whole segment)."""
-        if self.pending:
-            self.pending[-1][2].synchronize()
-            for index, start, end in self.pending:
-                self.timings[index] = (self.timings[index][0], start.elapsed_time(end) / 1000.0)
-            self.pending.clear()
 
 
 class LTX2Engine:
@@ -264,7 +180,7 @@ class LTX2Engine:
 
         self._check(job, segment)
         timings: list[tuple[str, float]] = []
-        progress = _Progress(total=segment.steps, on_step=on_step, timings=timings, cuda=self.device.type == "cuda")
+        progress = StepClock(total=segment.steps, on_step=on_step, timings=timings, cuda=self.device.type == "cuda")
         hook = self._components["transformer"].register_forward_pre_hook(progress.before_forward, with_kwargs=True)
         try:
             with torch.no_grad():
@@ -364,7 +280,7 @@ class LTX2Engine:
             embeds |= {"negative_prompt_embeds": ne, "negative_prompt_attention_mask": nm}
         return embeds
 
-    def _denoise(self, job: Job, segment: Segment, progress: _Progress) -> tuple[torch.Tensor, torch.Tensor]:
+    def _denoise(self, job: Job, segment: Segment, progress: StepClock) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
         timings = progress.timings

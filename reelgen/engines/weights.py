@@ -22,6 +22,27 @@ LOAD_FORMATS = ("auto", "dummy")
 LORA_TARGETS = ("transformer", "connectors")
 
 
+def resolve_device(device: str | None) -> str:
+    """``None`` → ``cuda:0`` when CUDA is present, else ``cpu``; checks ``cpu`` / ``cuda`` / ``cuda:N``."""
+    import torch
+
+    if device is None:
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ReelgenError(ErrorCode.INVALID_SETTINGS, f"device {device!r}: CUDA is not available here")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ReelgenError(
+                ErrorCode.INVALID_SETTINGS,
+                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present",
+            )
+        return f"cuda:{index}"
+    raise ReelgenError(ErrorCode.INVALID_SETTINGS, f"device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+
+
 def is_local(weights: str) -> bool:
     return weights.startswith(("/", ".", "~")) or Path(weights).expanduser().exists()
 
