@@ -38,6 +38,8 @@ _CHARS = "\u2581abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,
 
 #: Width of the tiny latent space (real LTX-2: 128).
 TINY_LATENT_CHANNELS = 8
+#: Transformer blocks of the tiny model (real LTX-2: 48); its STG block is the last one.
+TINY_LAYERS = 2
 
 
 def lib(name: str) -> Any:
@@ -188,7 +190,7 @@ def build_tiny_components(seed: int = 0, *, generation: str = "2.0") -> dict[str
             audio_num_attention_heads=a_heads,
             audio_attention_head_dim=a_head_dim,
             audio_cross_attention_dim=a_heads * a_head_dim,
-            num_layers=2,
+            num_layers=TINY_LAYERS,
             caption_channels=te_hidden,
             rope_type="split",
             rope_double_precision=True,

@@ -92,13 +92,23 @@ def meta_modules(profile: Profile, load_format: str = "auto") -> dict[str, Any]:
 
 def check_profile(profile: Profile, load_format: str = "auto", modules: dict[str, Any] | None = None) -> None:
     """Refuse, before serving, a profile its model cannot run: LoRA files missing or made for another
-    architecture, STG blocks the transformer does not have. Configs and file headers only (``modules``:
-    the transformer and connectors when already built; else they are built on the meta device)."""
+    architecture, STG blocks the transformer does not have, an attention backend that cannot run here.
+    Configs and file headers only (``modules``: the transformer and connectors when already built;
+    else they are built on the meta device, and only when there is something to check against them:
+    a tiny profile with tiny LoRAs and native attention needs no torch at all)."""
     from reelgen.engines.lora import check_lora_file
+    from reelgen.engines.tiny import TINY_LAYERS
 
-    modules = {k: v for k, v in (modules or meta_modules(profile, load_format)).items() if k in LORA_TARGETS}
-    set_attention_backend(profile, modules["transformer"])
-    layers = int(modules["transformer"].config.num_layers)
+    files = [lora for lora in profile.loras.values() if not lora.is_tiny] if load_format != "dummy" else []
+    needs_model = not profile.is_tiny or files or profile.acceleration.attention_backend != "native"
+    if modules is None and needs_model:
+        modules = meta_modules(profile, load_format)
+    if modules is not None:
+        modules = {k: v for k, v in modules.items() if k in LORA_TARGETS}
+        set_attention_backend(profile, modules["transformer"])
+        layers = int(modules["transformer"].config.num_layers)
+    else:
+        layers = TINY_LAYERS
     for mode, spec in profile.modes.items():
         for stage in spec.stages:
             bad = [b for b in stage.stg_blocks if b >= layers]
@@ -108,9 +118,9 @@ def check_profile(profile: Profile, load_format: str = "auto", modules: dict[str
                     f"profile {profile.name!r}: modes.{mode.value}.{stage.name}.stg_blocks {bad}: the transformer "
                     f"has blocks 0-{layers - 1}",
                 )
-    if load_format != "dummy":  # dummy engines stand random LoRAs in for the files
-        for lora in profile.loras.values():
-            check_lora_file(lora, profile, modules)
+    for lora in files:  # dummy engines stand random LoRAs in for the files
+        assert modules is not None
+        check_lora_file(lora, profile, modules)
 
 
 def set_attention_backend(profile: Profile, transformer: Any) -> None:
