@@ -72,11 +72,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     profile = get_profile(settings.profile, settings.profiles_file, weights=settings.weights)
-    if settings.executor != "none":
+    if settings.executor == "local":
         from reelgen.engines import check_profile
 
-        # LoRA files and STG blocks against the model's architecture (configs and file headers only):
-        # a bad profile stops here, never mid-task
+        # LoRA files, STG blocks, attention backend against the model (configs and file headers only):
+        # a bad profile stops here, never mid-task. With Ray the weights live on the GPU nodes, where
+        # each engine actor runs the same check when it loads.
         check_profile(profile, settings.load_format)
     if profile.is_tiny or settings.load_format == "dummy":
         print(
