@@ -36,10 +36,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name, None) is not None
     }
+    from pydantic import ValidationError
+
     try:
         return Settings(**overrides)
-    except ValueError as exc:
-        raise ReelgenError(ErrorCode.INVALID_SETTINGS, str(exc).splitlines()[-1]) from None
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {str(err['msg']).removeprefix('Value error, ')}"
+            for err in exc.errors(include_url=False)
+        ]
+        raise ReelgenError(ErrorCode.INVALID_SETTINGS, "; ".join(problems)) from None
 
 
 _opened: list[Any] = []
