@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
-#: The contract's limit (36 MP); PIL's own bomb guard is set a little above it.
+#: The contract's limit (36 MP), checked from the header before any pixel is decoded.
 MAX_IMAGE_PIXELS = 36_000_000
 MIN_SIDE_RATIO, MAX_SIDE_RATIO = 0.4, 2.5
 FORMATS = ("JPEG", "PNG", "WEBP")
@@ -49,7 +49,8 @@ def decode_image(data: bytes) -> Image.Image:
     """Decode JPEG/PNG/WEBP bytes into an RGB image, or raise ``INVALID_IMAGE`` / ``IMAGE_TOO_LARGE``."""
     from PIL import Image, ImageOps
 
-    Image.MAX_IMAGE_PIXELS = 40_000_000
+    # PIL's own bomb guard (``Image.MAX_IMAGE_PIXELS``) is process-wide state that other code may
+    # rely on: it is left as it is; the 36 MP limit below is checked from the header, before decoding
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1010,6 +1010,15 @@ def test_huge_png_header_is_rejected_fast() -> None:
     assert min(timings) < 0.1  # best of 5: immune to a one-off scheduler hiccup
 
 
+def test_decoding_leaves_pils_process_wide_pixel_guard_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Image.MAX_IMAGE_PIXELS`` belongs to the whole process: decoding must not rewrite it."""
+    before = 123_456_789
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", before)
+    assert decode_image(encode(Image.new("RGB", (64, 48)), "PNG")).size == (64, 48)
+    assert fetch_error(lambda: decode_image(png_header_only(7000, 7000))).code == ErrorCode.IMAGE_TOO_LARGE
+    assert Image.MAX_IMAGE_PIXELS - before == 0
+
+
 @pytest.mark.parametrize(("w", "h"), [(6100, 6000), (7000, 7000), (65_535, 65_535)])
 def test_pixel_limit_is_checked_from_the_header(w: int, h: int) -> None:
     assert fetch_error(lambda: decode_image(png_header_only(w, h))).code == ErrorCode.IMAGE_TOO_LARGE
