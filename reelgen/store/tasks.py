@@ -26,7 +26,8 @@ from reelgen.store import ledger, webhooks
 from reelgen.store.tables import tasks
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement
+    from collections.abc import Sequence
+
     from sqlalchemy.engine import Connection, RowMapping
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "heartbeat",
     "list_for_account",
     "queue_position",
+    "queue_positions",
     "recent_run_seconds",
     "rescue_expired",
 ]
@@ -196,22 +198,36 @@ def _require(conn: Connection, task_id: str) -> TaskRow:
 
 
 def queue_position(conn: Connection, task_id: str) -> int | None:
-    """How many pending tasks will be claimed before this one (0 = next); None unless pending."""
-    task = get(conn, task_id)
-    if task is None or task.status is not TaskStatus.PENDING:
-        return None
-    ahead = conn.execute(
-        select(func.count()).select_from(tasks).where(tasks.c.status == _PENDING, _before(task.created_at, task.id))
-    ).scalar_one()
-    return int(ahead)
+    """How many pending tasks will be claimed before this one (0 = next); None unless pending.
+
+    Only tasks of the same profile count: workers claim per profile (``claim(profile=...)``), so
+    those are the tasks ahead of it, and the ETA (``progress``) is built on the same number.
+    """
+    return queue_positions(conn, [task_id]).get(task_id)
 
 
-def _before(created_at: datetime, task_id: str) -> ColumnElement[bool]:
-    """SQL: the row sorts before (created_at, id) in queue order."""
-    return or_(
-        tasks.c.created_at < created_at,
-        and_(tasks.c.created_at == created_at, tasks.c.id < task_id),
+def queue_positions(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
+    """``queue_position`` of each pending task among ``task_ids``, in one query (others are absent)."""
+    if not task_ids:
+        return {}
+    ahead = tasks.alias("ahead")
+    count_ahead = (
+        select(func.count())
+        .select_from(ahead)
+        .where(
+            ahead.c.status == _PENDING,
+            ahead.c.profile == tasks.c.profile,
+            or_(
+                ahead.c.created_at < tasks.c.created_at,
+                and_(ahead.c.created_at == tasks.c.created_at, ahead.c.id < tasks.c.id),
+            ),
+        )
+        .scalar_subquery()
     )
+    rows = conn.execute(
+        select(tasks.c.id, count_ahead).where(tasks.c.id.in_(list(task_ids)), tasks.c.status == _PENDING)
+    ).all()
+    return {row[0]: int(row[1]) for row in rows}
 
 
 def claim(
