@@ -390,13 +390,12 @@ def list_tasks(
     workers = len(ctx.settings.device_list)
 
     def read(conn: Connection) -> list[tuple[tasks.TaskRow, int | None, int | None]]:
-        # one extra row says whether another page follows
+        # one extra row says whether another page follows; a fixed number of queries per page
         rows = tasks.list_for_account(conn, account_id, status=status, limit=limit + 1, before=before)
-        out = []
-        for row in rows:
-            pos = tasks.queue_position(conn, row.id) if row.status == TaskStatus.PENDING else None
-            out.append((row, pos, progress.eta_for_task(conn, row, pos, workers)))
-        return out
+        positions = tasks.queue_positions(conn, [row.id for row in rows if row.status == TaskStatus.PENDING])
+        placed = [(row, positions.get(row.id)) for row in rows]
+        etas = progress.eta_for_tasks(conn, placed, workers)
+        return [(row, pos, eta) for (row, pos), eta in zip(placed, etas, strict=True)]
 
     found = ctx.db.run(read)
     page = found[:limit]

@@ -242,6 +242,33 @@ def test_list_pages_newest_first_with_a_stable_cursor(client: TestClient, ctx: s
     assert first["id"] == made[-1] and first["status"] == "pending" and first["queuePosition"] == 5
 
 
+def test_listing_a_page_takes_the_same_few_queries_whatever_its_size(ctx: service.Context, rich: Account) -> None:
+    """No query per row: the page, the queue positions of its pending tasks and each request
+    class's recent runs are read once each."""
+    from sqlalchemy import event
+
+    for _ in range(12):
+        service.submit(ctx, rich.id, generate_body())
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    event.listen(ctx.db.engine, "before_cursor_execute", count)
+    try:
+        small = service.list_tasks(ctx, rich.id, "http://testserver/", limit=2)
+        n_small = len(statements)
+        statements.clear()
+        big = service.list_tasks(ctx, rich.id, "http://testserver/", limit=12)
+        n_big = len(statements)
+    finally:
+        event.remove(ctx.db.engine, "before_cursor_execute", count)
+    assert len(small["tasks"]) == 2 and len(big["tasks"]) == 12
+    assert [t["queuePosition"] for t in big["tasks"]] == list(range(11, -1, -1))
+    assert n_big == n_small <= 3
+
+
 @pytest.mark.parametrize(
     "query", ["limit=0", "limit=101", "limit=x", "status=done", "cursor=not-a-cursor", "cursor=WzEsMl0"]
 )
