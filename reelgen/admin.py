@@ -102,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     _, db = _open(args)
-    print(f"database at head: {db.url}")
+    print(f"database at head: {db.display_url}")
     return 0
 
 

@@ -81,3 +81,15 @@ def test_cli_errors_are_one_line(
     code, _, err = run(capsys, *argv, *extra)
     assert code == 2
     assert err.strip().count("\n") == 0 and code_name in err and "Traceback" not in err
+
+
+def test_db_upgrade_never_prints_the_database_password(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from tests.store_fixtures import pg_schema
+
+    password = "hunter2-not-for-eyes"
+    with pg_schema() as url:
+        assert url.count("postgres@") == 1
+        with_password = url.replace("postgres@", f"postgres:{password}@")  # trust auth: accepted, unused
+        code, out, err = run(capsys, "db", "upgrade", "--data-dir", str(tmp_path), "--database-url", with_password)
+    assert code == 0 and "database at head: postgresql+psycopg://postgres:***@127.0.0.1" in out
+    assert password not in out + err
