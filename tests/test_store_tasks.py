@@ -152,6 +152,21 @@ def test_queue_position_counts_only_the_tasks_of_its_profile(db: Database) -> No
     assert db.run(lambda c: tasks.queue_positions(c, [big.id, tiny_2.id])) == {tiny_2.id: 1}
 
 
+@pytest.mark.parametrize(
+    ("start", "new"),
+    [("completed", "pending"), ("failed", "processing"), ("cancelled", "completed"), ("pending", "completed")],
+)
+def test_every_status_write_obeys_the_state_machine(db: Database, start: str, new: str) -> None:
+    """The store's one conditional write consults ``TaskStatus.can_move_to``: a move the state
+    machine lacks is refused before any SQL runs, whatever the row says."""
+    account = _account(db)
+    task, _ = submit(db, account, 10, now=_at(1))
+    with pytest.raises(ValueError, match=f"cannot move from {start} to {new}"):
+        db.run(lambda c: tasks._move(c, task.id, start, None, status=new), immediate=True)
+    assert _get(db, task.id) == task
+    assert db.run(lambda c: tasks._move(c, task.id, "pending", None, status="processing"), immediate=True)
+
+
 def test_concurrent_claims_hand_each_task_to_one_worker(db: Database) -> None:
     account = _account(db)
     ids = {submit(db, account, 10, now=_at(i))[0].id for i in range(12)}

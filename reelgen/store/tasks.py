@@ -124,8 +124,16 @@ def _is_postgres(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
+def _allowed(status: str, new: str) -> None:
+    """Refuse a status change the state machine does not have (``TaskStatus.can_move_to``): a bug, not a race."""
+    if not TaskStatus(status).can_move_to(TaskStatus(new)):
+        raise ValueError(f"a task cannot move from {status} to {new}")
+
+
 def _move(conn: Connection, task_id: str, status: str, attempt: int | None, /, **values: Any) -> bool:
     """The one conditional write: set ``values`` if the task is still in ``status`` (and ``attempt``)."""
+    if "status" in values:
+        _allowed(status, values["status"])
     stmt = update(tasks).where(tasks.c.id == task_id, tasks.c.status == status)
     if attempt is not None:
         stmt = stmt.where(tasks.c.attempt == attempt)
@@ -435,6 +443,7 @@ def rescue_expired(conn: Connection, now: datetime) -> list[tuple[str, TaskStatu
                 "completed_at": now,
                 "lease_expires_at": None,
             }
+        _allowed(_PROCESSING, values["status"])
         won = (
             conn.execute(
                 update(tasks)
