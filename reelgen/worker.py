@@ -215,12 +215,11 @@ class Worker:
         """Run one claimed attempt to its outcome: completed, failed, handed back, or discarded."""
         att = Attempt(task=task, scratch=self.storage.temp_path(f"{task.id}.{task.attempt}.mp4"))
         log.info("task %s attempt %d: claimed (%s)", task.id, task.attempt, task.model)
-        for earlier in range(1, task.attempt):  # outputs of superseded attempts can never be served
-            self.storage.delete(result_key(task.id, earlier))
         self._attempt = att
         beat = threading.Thread(target=self._heartbeat, args=(att,), name="heartbeat", daemon=True)
         beat.start()
         try:
+            self._discard_superseded(task)
             self._execute(att)
         finally:
             att.done.set()
@@ -229,6 +228,18 @@ class Worker:
                 att.settled = True
                 self._attempt = None
             att.scratch.unlink(missing_ok=True)
+
+    def _discard_superseded(self, task: TaskRow) -> None:
+        """Delete the outputs of earlier attempts (never published, so never served): best effort,
+        under the heartbeat, because a storage error here must not cost this attempt its claim."""
+        for earlier in range(1, task.attempt):
+            try:
+                self.storage.delete(result_key(task.id, earlier))
+            except Exception as exc:  # any backend's error: the file stays unpublished either way
+                log.warning(
+                    "task %s attempt %d: could not delete the output of attempt %d (%s); continuing",
+                    task.id, task.attempt, earlier, type(exc).__name__,
+                )  # fmt: skip
 
     def _execute(self, att: Attempt) -> None:
         from reelgen.engines.base import Cancelled

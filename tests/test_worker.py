@@ -407,6 +407,30 @@ def test_superseded_attempt_output_is_deleted_not_served(
     rig.assert_completed_once(task_id, attempt=2)
 
 
+def test_a_storage_error_deleting_a_superseded_output_does_not_cost_the_attempt(
+    rig: Rig, in_process: Callable[..., Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting an earlier attempt's output fails (here: the key is a directory, so unlink raises):
+    the new attempt logs it and still runs to completion, instead of dying holding its claim."""
+    caplog.set_level(logging.INFO, logger="reelgen.worker")
+    task_id = rig.submit("a fox")
+    _claim(rig, "w1")
+    assert _expire_leases(rig) == [task_id]
+    second = _claim(rig, "w2")
+    stuck = rig.storage.local_path(f"{task_id}/1.mp4")
+    assert stuck is not None
+    stuck.mkdir(parents=True)
+    (stuck / "blocker").write_bytes(b"x")
+
+    in_process("w2").run_attempt(second)
+    assert "could not delete the output of attempt 1 (IsADirectoryError); continuing" in caplog.text
+    row = rig.task(task_id)
+    assert (row.status, row.attempt, row.result_key) == (TaskStatus.COMPLETED, 2, f"{task_id}/2.mp4")
+    assert rig.movement_kinds(task_id) == {"reserve": 1, "capture": 1}
+    assert rig.scratch_files() == []
+    rig.assert_invariants()
+
+
 def test_lost_claim_stops_mid_render_and_leaves_no_file(
     rig: Rig, in_process: Callable[..., Worker], caplog: pytest.LogCaptureFixture
 ) -> None:
