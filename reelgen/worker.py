@@ -233,13 +233,16 @@ class Worker:
         """Delete the outputs of earlier attempts (never published, so never served): best effort,
         under the heartbeat, because a storage error here must not cost this attempt its claim."""
         for earlier in range(1, task.attempt):
-            try:
-                self.storage.delete(result_key(task.id, earlier))
-            except Exception as exc:  # any backend's error: the file stays unpublished either way
-                log.warning(
-                    "task %s attempt %d: could not delete the output of attempt %d (%s); continuing",
-                    task.id, task.attempt, earlier, type(exc).__name__,
-                )  # fmt: skip
+            self._delete_unpublished(task, earlier)
+
+    def _delete_unpublished(self, task: TaskRow, attempt: int) -> None:
+        try:
+            self.storage.delete(result_key(task.id, attempt))
+        except Exception as exc:  # any backend's error: the file stays unpublished either way
+            log.warning(
+                "task %s attempt %d: could not delete the output of attempt %d (%s); continuing",
+                task.id, task.attempt, attempt, type(exc).__name__,
+            )  # fmt: skip
 
     def _execute(self, att: Attempt) -> None:
         from reelgen.engines.base import Cancelled
@@ -362,7 +365,7 @@ class Worker:
                 # not published (no result_key points at it); a later attempt deletes it on claim
                 log.error("task %s attempt %d: outcome unknown; output kept unpublished", task.id, task.attempt)
             else:
-                self.storage.delete(att.key)
+                self._delete_unpublished(task, task.attempt)
                 log.warning("task %s attempt %d: a newer attempt owns the task; output deleted", task.id, task.attempt)
             att.settled = True
 
