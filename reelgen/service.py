@@ -498,7 +498,12 @@ def upload(ctx: Context, account_id: str, data: bytes) -> dict[str, Any]:
         height=image.height,
         created_at=ctx.clock(),
     )
-    ctx.db.run(lambda conn: uploads.create(conn, row), immediate=True)
+    try:
+        ctx.db.run(lambda conn: uploads.create(conn, row), immediate=True)
+    except BaseException:
+        # no row will ever name the object: remove it now, or it is orphaned for good
+        ctx.storage.delete(key)
+        raise
     return {
         "id": upload_id,
         "url": uploads.url_for(upload_id),
