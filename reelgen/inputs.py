@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import httpcore
 
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.schemas import UPLOAD_URL_PREFIX
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -107,8 +108,6 @@ Resolver = Callable[[str, int, int, int], Sequence[tuple[Any, ...]]]
 ConnectOverride = Callable[[str, int], tuple[str, int]]
 
 MAX_IMAGES = 2
-#: ``image_urls`` entries that name an image uploaded to this server (``POST /api/v1/upload``).
-UPLOAD_SCHEME = "reelgen-upload://"
 MAX_URL_LENGTH = 8192
 
 #: The one message for every failure after validation: unreachable, closed port, HTTP error,
@@ -669,7 +668,7 @@ def load_images(
         try:
             if url[:5].lower() == "data:":
                 data = decode_data_uri(url, policy.max_bytes)
-            elif url.startswith(UPLOAD_SCHEME):
+            elif url.startswith(UPLOAD_URL_PREFIX):
                 if read_upload is None:
                     raise ReelgenError(ErrorCode.IMAGE_FETCH_FAILED, "Uploaded images cannot be read here.")
                 data = read_upload(url)

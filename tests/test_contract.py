@@ -195,3 +195,7 @@ def test_the_shot_sum_waiver_matches_only_bodies_breaking_that_rule() -> None:
     assert not shots_disagree_with_duration({"input": {"multi_shots": True, "multi_prompt": [shot], "duration": 2}})
     assert not shots_disagree_with_duration({"input": {"multi_shots": False, "multi_prompt": [shot], "duration": 3}})
     assert not shots_disagree_with_duration([1])
+    # whole-number floats count, as the parser takes them: 13.0 + 5 is 18, not 5
+    assert shots_disagree_with_duration(
+        {"input": {"multi_shots": True, "multi_prompt": [{"prompt": "a", "duration": 13.0}, shot | {"duration": 5}]}}
+    )

@@ -78,7 +78,8 @@ def webhook_secret(request: Request, account: CurrentAccount) -> dict[str, Any]:
     return ok(service.webhook_secret(ctx_of(request), account))
 
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
+#: an upload is never empty (the service answers 400 INVALID_INPUT to an empty body)
+_BINARY = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
 UPLOAD_BODY = {
     "required": True,
     "content": {

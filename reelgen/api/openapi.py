@@ -23,10 +23,12 @@ from pydantic import BaseModel
 
 from reelgen.schemas import (
     IMAGE_TO_VIDEO,
+    IMAGE_URL_PATTERN,
     MAX_DURATION,
     MAX_PROMPT_CHARS,
     MIN_DURATION,
     TEXT_TO_VIDEO,
+    UPLOAD_URL_PREFIX,
     AspectRatio,
     CreditsView,
     DownloadView,
@@ -37,8 +39,8 @@ from reelgen.schemas import (
 )
 
 REF = "#/components/schemas/{model}"
-#: ``schemas.GenerateInput`` compares the scheme case-insensitively.
-IMAGE_URL = "^([hH][tT][tT][pP][sS]?://|[dD][aA][tT][aA]:[iI][mM][aA][gG][eE]/)"
+#: the very pattern ``schemas.GenerateInput`` applies (http(s) with a host, data:image/, uploads)
+IMAGE_URL = IMAGE_URL_PATTERN
 #: A prompt: no NUL (PostgreSQL text cannot hold it) and at least one character ``str.strip()`` keeps
 #: (``MISSING_PROMPT`` otherwise). Whitespace is spelled out rather than ``\s``, because Python's and
 #: ECMA-262's whitespace classes differ (\x1c-\x1f and \x85 against \ufeff).
@@ -142,7 +144,7 @@ def _input_schema(model: str) -> dict[str, Any]:
         "required": ["prompt", "duration"],
         "properties": {
             "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": PROMPT},
-            "duration": {"type": "integer", "minimum": 1},
+            "duration": {"type": "integer", "minimum": 1, "maximum": MAX_DURATION},
         },
     }
     props: dict[str, Any] = {
@@ -161,7 +163,11 @@ def _input_schema(model: str) -> dict[str, Any]:
             "default": False,
             "description": "true needs multi_prompt, whose shot durations add up to duration.",
         },
-        "multi_prompt": {"type": ["array", "null"], "items": shot},
+        "multi_prompt": {
+            "type": ["array", "null"],
+            "items": shot,
+            "description": "The shots, in order; their durations must add up to duration (else 400 INVALID_INPUT).",
+        },
     }
     required = ["prompt"]
     if model == TEXT_TO_VIDEO:
@@ -172,7 +178,10 @@ def _input_schema(model: str) -> dict[str, Any]:
             "minItems": 1,
             "maxItems": 2,
             "items": {"type": "string", "pattern": IMAGE_URL},
-            "description": "1 image (start frame) or 2 (start and end frame): http(s) URLs or data:image/ URIs.",
+            "description": (
+                "1 image (start frame) or 2 (start and end frame): http(s) URLs, data:image/ URIs or the "
+                f"{UPLOAD_URL_PREFIX}<id> URLs that POST /api/v1/upload returns."
+            ),
         }
         required.append("image_urls")
     return {

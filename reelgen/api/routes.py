@@ -42,7 +42,11 @@ GENERATE_BODY = {
 
 @router.post("/api/v1/generate", tags=["generation"], openapi_extra={"requestBody": GENERATE_BODY})
 async def generate(request: Request, account: CurrentAccount) -> dict[str, Any]:
-    """Reserve the price and queue a generation task."""
+    """Reserve the price and queue a generation task.
+
+    One rule the request schema cannot state: with ``multi_shots`` true, the ``multi_prompt`` shot
+    durations must add up to ``duration``; a body breaking it is answered 400 ``INVALID_INPUT``.
+    """
     raw = await request.body()
     try:
         body = json.loads(raw)
