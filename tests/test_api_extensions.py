@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from reelgen import service
+from reelgen.api.sse import frames
 from reelgen.store import ledger, tasks
 from reelgen.worker import FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV
 from tests.api_fixtures import LiveServer
@@ -418,10 +419,10 @@ def test_events_send_keep_alives_while_nothing_changes(ctx: service.Context, ric
 
     async def collect() -> list[str]:
         got: list[str] = []
-        stream = await service.task_events(
+        events = await service.task_events(
             ctx, rich.id, task_id, "http://test/", poll_seconds=0.01, keepalive_seconds=0.05
         )
-        async for chunk in stream:
+        async for chunk in frames(events):
             got.append(chunk)
             if chunk.startswith(":") and not any(c.startswith(":") for c in got[:-1]):
                 await anyio.to_thread.run_sync(lambda: service.cancel(ctx, rich.id, task_id, "http://test/"))

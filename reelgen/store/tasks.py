@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
@@ -24,6 +24,7 @@ from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.store import ledger, webhooks
 from reelgen.store.tables import tasks
+from reelgen.views import webhook_object
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -371,19 +372,7 @@ def _ended(conn: Connection, task_id: str, now: datetime) -> None:
     task = _require(conn, task_id)
     if not task.callback_url:
         return
-    error = None
-    if task.status is not TaskStatus.COMPLETED:
-        error = {"code": task.error_code or ErrorCode.GENERATION_FAILED.value, "message": task.error_message or ""}
-    data = {
-        "id": task.id,
-        "taskId": task.id,
-        "model": task.model,
-        "status": task.status.value,
-        "creditsUsed": task.price if task.status is TaskStatus.COMPLETED else 0,
-        "createdAt": _iso(task.created_at),
-        "completedAt": _iso(task.completed_at or now),
-        "error": error,
-    }
+    data = webhook_object(task)
     webhooks.enqueue(
         conn,
         task_id=task.id,
@@ -393,10 +382,6 @@ def _ended(conn: Connection, task_id: str, now: datetime) -> None:
         data=data,
         now=now,
     )
-
-
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _REQUEUED: dict[str, Any] = {
