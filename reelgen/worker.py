@@ -277,7 +277,8 @@ class Worker:
         from pydantic import ValidationError
 
         from reelgen.domain import plan
-        from reelgen.inputs import FetchPolicy, fit_image, load_images
+        from reelgen.inputs import fit_image, load_images
+        from reelgen.safehttp import FetchPolicy
         from reelgen.schemas import GenerateInput
 
         try:

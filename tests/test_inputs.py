@@ -31,16 +31,13 @@ from PIL import Image
 from pytest_httpserver import HTTPServer
 
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.inputs import (
+from reelgen.inputs import decode_data_uri, decode_image, fetch_image_bytes, load_images
+from reelgen.safehttp import (
     FETCH_FAILED_MESSAGE,
     REFUSED_MESSAGE,
     FetchPolicy,
     blocked_reason,
     check_address,
-    decode_data_uri,
-    decode_image,
-    fetch_image_bytes,
-    load_images,
     parse_ipv4,
     validate_url,
 )
@@ -272,7 +269,7 @@ def fetch_routed(port: int, path: str = "/img.png", policy: FetchPolicy | None =
 def why(caplog: pytest.LogCaptureFixture) -> Callable[[], str]:
     """The operator log of why fetches failed: the user-facing message deliberately never says,
     so the tests read the reason here to be sure each one fails for the right cause."""
-    caplog.set_level(logging.INFO, logger="reelgen.inputs")
+    caplog.set_level(logging.INFO, logger="reelgen.safehttp")
     return lambda: caplog.text
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 from reelgen import pricing, progress, webhooks
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.inputs import FetchPolicy
+from reelgen.safehttp import FetchPolicy
 from reelgen.schemas import GenerateRequest, parse_generate
 from reelgen.service.admission import limits_of
 from reelgen.service.context import Context
