@@ -21,7 +21,7 @@ Shutdown: the first SIGTERM (or SIGINT, or the end of stdin with ``--parent-pipe
 the current task may finish within ``shutdown_grace_seconds``, else it stops at the next step
 boundary and is handed back to the queue (a hand-back is not a failure); the process exits 0. A
 second SIGTERM hands the task back at once and exits 0. SIGKILL is safe too: the lease expires and
-the sweeper requeues the task as a new attempt (``reelgen.executor.local.sweep_once``).
+the sweeper requeues the task as a new attempt (``reelgen.sweeper.sweep_once``).
 
 Test-only fault seams (read from the environment at start; never set them in production):
 

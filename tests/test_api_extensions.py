@@ -103,8 +103,8 @@ def test_refused_requests_do_not_store_the_key(client: TestClient, ctx: service.
 
 
 def test_keys_expire_after_24_hours(client: TestClient, ctx: service.Context, rich: Account) -> None:
-    from reelgen.executor.local import sweep_once
     from reelgen.store.tables import idempotency_keys
+    from reelgen.sweeper import sweep_once
 
     headers = {**rich.headers, "Idempotency-Key": "daily"}
     first = client.post("/api/v1/generate", json=generate_body(duration=3), headers=headers).json()["data"]

@@ -31,12 +31,13 @@ from reelgen.config import Settings
 from reelgen.domain import TaskStatus
 from reelgen.engines.base import Engine
 from reelgen.errors import ErrorCode
-from reelgen.executor.local import LocalExecutor, settings_env, sweep_once
+from reelgen.executor.local import LocalExecutor, settings_env
 from reelgen.media import probe
 from reelgen.storage.local import LocalStorage
 from reelgen.store import keys, ledger, tasks
 from reelgen.store.db import Database
 from reelgen.store.tables import movements
+from reelgen.sweeper import sweep_once
 from reelgen.worker import FAULT_CRASH_ENV, FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV, Faults, Worker
 from tests.store_fixtures import pg_schema
 

@@ -95,9 +95,9 @@ class Dispatcher:
     """Keeps ``count`` engine actors alive, forwards wake-ups, and runs the sweeper."""
 
     def __init__(self, settings: Settings) -> None:
-        from reelgen.executor.external import Sweeper
         from reelgen.storage import pick
         from reelgen.store.db import Database
+        from reelgen.sweeper import Sweeper
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s dispatcher %(name)s: %(message)s")
         self.ray = import_ray()
