@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from reelgen import service
 from reelgen.api.sse import frames
+from reelgen.faults import FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV
 from reelgen.store import ledger, tasks
-from reelgen.worker import FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV
 from tests.api_fixtures import LiveServer
 from tests.factories import Account, generate_body, make_account
 from tests.test_api import assert_error

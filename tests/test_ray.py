@@ -25,10 +25,10 @@ from reelgen import service
 from reelgen.config import Settings
 from reelgen.domain import TaskStatus
 from reelgen.executor.ray import DISPATCHER_NAME, NAMESPACE, RayExecutor, wait_for_engines
+from reelgen.faults import FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV
 from reelgen.store import ledger, tasks
 from reelgen.store.db import Database
 from reelgen.store.tables import movements
-from reelgen.worker import FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV
 from tests.factories import Account, generate_body, make_account
 
 pytestmark = pytest.mark.ray

@@ -27,18 +27,19 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from reelgen.attempt import Worker
 from reelgen.config import Settings
 from reelgen.domain import TaskStatus
 from reelgen.engines.base import Engine
 from reelgen.errors import ErrorCode
 from reelgen.executor.local import LocalExecutor, settings_env
+from reelgen.faults import FAULT_CRASH_ENV, FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV, Faults
 from reelgen.media import probe
 from reelgen.storage.local import LocalStorage
 from reelgen.store import keys, ledger, tasks
 from reelgen.store.db import Database
 from reelgen.store.tables import movements
 from reelgen.sweeper import sweep_once
-from reelgen.worker import FAULT_CRASH_ENV, FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV, Faults, Worker
 from tests.store_fixtures import pg_schema
 
 GRANT = 1000
@@ -496,3 +497,19 @@ def test_settings_env_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert rebuilt.data_dir == tmp_path / "rel"
     assert (rebuilt.lease_seconds, rebuilt.allow_private_image_hosts, rebuilt.max_attempts) == (7.5, True, 5)
     assert rebuilt.weights is None
+
+
+def test_the_attempt_holds_no_signal_handling_or_process_exit() -> None:
+    """Signals, the parent pipe, the grace period and the exit belong to the process shell
+    (``reelgen.worker``); the attempt, which the Ray engine actor also runs, never touches them."""
+    import ast
+    import inspect
+
+    import reelgen.attempt
+
+    tree = ast.parse(inspect.getsource(reelgen.attempt))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    called = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    assert not imported & {"os", "signal", "sys"}
+    assert not called & {"_exit", "kill", "sigwait", "pthread_sigmask"}

@@ -8,6 +8,10 @@ or publish its result. Finishing moves the credits in the same transaction as th
 
 Call the writing functions inside ``db.run(fn, immediate=True)``: on SQLite that serialises them on
 the write lock, on PostgreSQL claims use ``FOR UPDATE SKIP LOCKED`` and the ledger locks the account.
+
+Over 400 lines on purpose: every verb here relies on the same fenced conditional write
+(``_move``, checked against ``TaskStatus.can_move_to``), and keeping them in one module keeps that
+invariant in one place.
 """
 
 from __future__ import annotations
