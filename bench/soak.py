@@ -56,8 +56,8 @@ def _context(url: str, data_dir: str, *, migrate: bool = False) -> Any:
 def _one(ctx: Any, rng: random.Random, op: str, accounts: list[str], worker: str) -> str:
     """Run one operation; returns its outcome name."""
     from reelgen import service
-    from reelgen.executor.local import sweep_once
     from reelgen.store import ledger, tasks
+    from reelgen.sweeper import sweep_once
 
     now = datetime.now(UTC)
     if op == "submit":

@@ -36,10 +36,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name, None) is not None
     }
+    from pydantic import ValidationError
+
     try:
         return Settings(**overrides)
-    except ValueError as exc:
-        raise ReelgenError(ErrorCode.INVALID_SETTINGS, str(exc).splitlines()[-1]) from None
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {str(err['msg']).removeprefix('Value error, ')}"
+            for err in exc.errors(include_url=False)
+        ]
+        raise ReelgenError(ErrorCode.INVALID_SETTINGS, "; ".join(problems)) from None
 
 
 _opened: list[Any] = []
@@ -96,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     _, db = _open(args)
-    print(f"database at head: {db.url}")
+    print(f"database at head: {db.display_url}")
     return 0
 
 
@@ -136,7 +142,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         )
         return 0
     if args.action == "limits":
-        return _limits(args, settings, db)
+        return _limits(args, settings)
     if args.action == "revoke":
         if not db.run(lambda conn: keys.revoke_key(conn, args.key_id, _now()), immediate=True):
             raise ReelgenError(ErrorCode.KEY_NOT_FOUND, f"no active key with id {args.key_id!r}")
@@ -163,18 +169,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _limits(args: argparse.Namespace, settings: Settings, db: Any) -> int:
+def _limits(args: argparse.Namespace, settings: Settings) -> int:
     """``keys limits``: set (``--rpm``, ``--max-active``) and show an account's effective limits."""
-    from reelgen.store import limits
+    from reelgen import service
 
-    def go(conn: Any) -> Any:
-        limits.set_limits(conn, args.account, rpm=args.rpm, max_active=args.max_active)  # also checks the account
-        return limits.get(
-            conn, args.account, default_rpm=settings.rate_limit_rpm, default_active=settings.max_active_tasks
-        )
-
-    found = db.run(go, immediate=True)
-    data = {"account_id": args.account, "rpm": found.requests_per_minute, "max_active": found.max_active_tasks}
+    ctx = service.Context.from_settings(settings)
+    _opened.append(ctx.db)
+    found = service.set_limits(ctx, args.account, rpm=args.rpm, max_active=args.max_active)
+    data = {"account_id": args.account, "rpm": found["requestsPerMinute"], "max_active": found["maxActiveTasks"]}
 
     def shown(n: int) -> str:
         return "unlimited" if n == 0 else str(n)

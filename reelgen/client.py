@@ -15,6 +15,10 @@ Responses are the wire models of ``reelgen.schemas``. Tasks are normalised acros
 the hosted service is known to send: status ``success`` (or ``queued``) for ``completed`` (or
 ``pending``), the video under ``result.url``, ``output.url``, ``output.video_url`` or a
 ``videos[...]`` list, and a bare string ``error``; ``Task.video_url`` is the one place to read it.
+
+Over 400 lines on purpose: ``Client`` and ``AsyncClient`` are twins (as in httpx), method for
+method, and read best side by side; what they share (request building, response parsing) is
+written once above them.
 """
 
 from __future__ import annotations

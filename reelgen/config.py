@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(default=None, description="Ray cluster to join; default: start a local one")
     ray_actors: int = Field(default=0, ge=0, description="engine actors; 0 = one per GPU in the Ray cluster")
     devices: str = "cpu"
-    lease_seconds: float = 30.0
-    heartbeat_seconds: float = 5.0
+    lease_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_seconds: float = Field(default=5.0, gt=0, description="must be shorter than lease_seconds")
     max_attempts: int = 3
     max_run_seconds: float = 3600.0
     shutdown_grace_seconds: float = 30.0
@@ -81,6 +81,17 @@ class Settings(BaseSettings):
         if v.startswith("s3://") and v[5:].split("/", 1)[0]:
             return v.rstrip("/")
         raise ValueError(f"unknown storage {v!r}: use local or s3://bucket/prefix")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Settings:
+        # a worker renews its lease every heartbeat: a lease that ends before the next renewal is
+        # rescued (and its task run twice) while the worker is still healthy
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}) must be shorter than lease_seconds "
+                f"({self.lease_seconds:g}), or every lease expires before it is renewed"
+            )
+        return self
 
     @property
     def device_list(self) -> list[str]:

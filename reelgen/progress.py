@@ -21,11 +21,20 @@ from reelgen.domain import TaskStatus
 from reelgen.store import tasks
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sqlalchemy.engine import Connection
 
     from reelgen.schemas import GenerateInput
 
-__all__ = ["duration_bucket", "eta_for_new", "eta_for_task", "request_class", "typical_run_seconds"]
+__all__ = [
+    "duration_bucket",
+    "eta_for_new",
+    "eta_for_task",
+    "eta_for_tasks",
+    "request_class",
+    "typical_run_seconds",
+]
 
 #: How many recent completed runs of a class the median is taken over.
 RECENT_RUNS = 20
@@ -57,16 +66,28 @@ def _pending_eta(typical: float, ahead: int, workers: int) -> int:
 
 def eta_for_task(conn: Connection, task: tasks.TaskRow, queue_position: int | None, workers: int) -> int | None:
     """Seconds until ``task`` is likely finished (see the module docstring); None when unknown."""
-    if task.status.is_terminal:
-        return 0
-    if task.request_class is None:
-        return None
-    typical = typical_run_seconds(conn, task.request_class)
-    if typical is None:
-        return None
-    if task.status is TaskStatus.PROCESSING:
-        return math.ceil(typical * (1 - min(99, task.progress) / 100))
-    return _pending_eta(typical, queue_position or 0, workers)
+    return eta_for_tasks(conn, [(task, queue_position)], workers)[0]
+
+
+def eta_for_tasks(conn: Connection, rows: Sequence[tuple[tasks.TaskRow, int | None]], workers: int) -> list[int | None]:
+    """``eta_for_task`` of each (task, queue position), reading each request class's runs once."""
+    typical: dict[str, float | None] = {}
+    out: list[int | None] = []
+    for task, queue_position in rows:
+        if task.status.is_terminal:
+            out.append(0)
+            continue
+        klass = task.request_class
+        if klass is not None and klass not in typical:
+            typical[klass] = typical_run_seconds(conn, klass)
+        seconds = None if klass is None else typical[klass]
+        if seconds is None:
+            out.append(None)
+        elif task.status is TaskStatus.PROCESSING:
+            out.append(math.ceil(seconds * (1 - min(99, task.progress) / 100)))
+        else:
+            out.append(_pending_eta(seconds, queue_position or 0, workers))
+    return out
 
 
 def eta_for_new(conn: Connection, klass: str, profile: str, workers: int) -> int | None:

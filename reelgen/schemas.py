@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -31,6 +32,16 @@ IMAGE_TO_VIDEO = "kling-3-0-image-to-video"
 MODEL_IDS = (TEXT_TO_VIDEO, IMAGE_TO_VIDEO)
 MAX_PROMPT_CHARS = 2500
 MIN_DURATION, MAX_DURATION = 3, 15
+#: ``image_urls`` entries naming an image uploaded to this server (``POST /api/v1/upload``):
+#: ``reelgen-upload://<32 hex digits>``. Defined here only; the server and the SDK import it.
+UPLOAD_URL_PREFIX = "reelgen-upload://"
+#: What an ``image_urls`` entry must start with: an http(s) URL (the scheme in any case) whose
+#: authority starts with a host character (``HTTP://``, ``http:///x`` and ``http://:80`` have no host),
+#: a ``data:image/`` URI, or an upload URL. The parser applies this very pattern and
+#: the OpenAPI document publishes it (Python and ECMA-262 read it alike), so the two cannot disagree.
+IMAGE_URL_PATTERN = (
+    "^(?:[hH][tT][tT][pP][sS]?://[^/?#@:\\x00-\\x20]|[dD][aA][tT][aA]:[iI][mM][aA][gG][eE]/|" + UPLOAD_URL_PREFIX + ")"
+)
 
 
 class Mode(StrEnum):
@@ -73,11 +84,15 @@ def _storable(value: str) -> str:
 Prompt = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS), AfterValidator(_storable)]
 
 
+_IMAGE_URL = re.compile(IMAGE_URL_PATTERN)
+
+
 class Shot(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt: Prompt = Field(min_length=1)
-    duration: WholeNumber = Field(ge=1)
+    #: no shot is longer than the longest video (the shots must also add up to ``duration``)
+    duration: WholeNumber = Field(ge=1, le=MAX_DURATION)
 
     @field_validator("prompt")
     @classmethod
@@ -109,10 +124,10 @@ class GenerateInput(BaseModel):
         if not 1 <= len(v) <= 2:
             raise ValueError("give 1 image (start frame) or 2 images (start and end frame)")
         for url in v:
-            low = url[:20].lower()
-            if not low.startswith(("http://", "https://", "data:image/", "reelgen-upload://")):
+            if not _IMAGE_URL.match(url):
                 raise ValueError(
-                    "each image must be an http(s) URL, a data:image/...;base64, URI or a reelgen-upload:// URL"
+                    "each image must be an http(s) URL with a host, a data:image/...;base64, URI or a "
+                    f"{UPLOAD_URL_PREFIX} URL"
                 )
             if any("\ud800" <= c <= "\udfff" for c in url):  # stored, then echoed: UTF-8 must encode it
                 raise ValueError("each image URL must be valid text (no lone surrogates)")

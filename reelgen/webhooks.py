@@ -8,7 +8,7 @@ app's lifespan): it claims due rows with a lease, POSTs each body and records th
   seconds of this attempt) and ``webhook-signature: v1,<base64 HMAC-SHA256>`` over
   ``"{id}.{timestamp}.{body}"``, keyed with the account's secret (``account_secret``: derived from
   the server secret, shown to the account by ``GET /api/v1/webhooks/secret`` as ``whsec_<base64>``).
-* The URL passes the same rules as input images (``reelgen.inputs.validate_url`` at submit; at each
+* The URL passes the same rules as input images (``reelgen.safehttp``: checked at submit; at each
   attempt the host is resolved once, every address checked, and only those addresses dialled).
   Redirects are never followed: a 3xx is a failed attempt.
 * 2xx = delivered. Anything else is retried after ``base x 2^(n-1)`` seconds, times a random
@@ -24,17 +24,15 @@ import hashlib
 import hmac
 import logging
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import httpcore
-
+from reelgen import safehttp
 from reelgen.errors import ReelgenError
-from reelgen.inputs import _NETWORK_ERRORS, FetchPolicy, _pin, _PinnedBackend, validate_url
+from reelgen.safehttp import CALLBACK, FetchPolicy
 
 if TYPE_CHECKING:
     from reelgen.config import Settings
@@ -72,10 +70,10 @@ def validate_callback_url(url: object, policy: FetchPolicy) -> str:
         message = "must be a string URL"
     else:
         try:
-            validate_url(url, policy)
+            safehttp.validate_url(url, policy, CALLBACK)
             return url
         except ReelgenError as exc:
-            message = exc.message.replace("image URL", "callback URL").replace("Image URLs", "Callback URLs")
+            message = exc.message
     raise ReelgenError(
         ErrorCode.INVALID_INPUT,
         f"Invalid input: callback_url: {message}",
@@ -84,31 +82,9 @@ def validate_callback_url(url: object, policy: FetchPolicy) -> str:
 
 
 def post(url: str, body: bytes, headers: list[tuple[bytes, bytes]], policy: FetchPolicy) -> int:
-    """POST ``body`` to ``url`` under ``policy``'s address rules; returns the HTTP status.
-
-    Raises ``ReelgenError`` for a refused address and lets network errors propagate. The response
-    body is never read.
-    """
-    deadline = time.monotonic() + policy.deadline
-    target = validate_url(url, policy)
-    addresses = _pin(target, policy, socket.getaddrinfo, deadline)
-    backend = _PinnedBackend(addresses, target.port, deadline, policy.connect_timeout, None)
-    request_url = httpcore.URL(
-        scheme=target.scheme.encode(), host=target.host.encode(), port=target.port, target=target.target.encode()
-    )
-    all_headers = [
-        (b"Host", target.host_header.encode("ascii")),
-        (b"User-Agent", b"reelgen-webhooks/1"),
-        (b"Content-Type", b"application/json"),
-        (b"Connection", b"close"),
-        *headers,
-    ]
-    timeouts = {"connect": policy.connect_timeout, "read": policy.deadline, "write": policy.deadline}
-    with (
-        httpcore.ConnectionPool(max_connections=1, network_backend=backend) as pool,
-        pool.stream("POST", request_url, headers=all_headers, content=body, extensions={"timeout": timeouts}) as resp,
-    ):
-        return int(resp.status)
+    """POST ``body`` to ``url`` under ``policy``'s address rules (``safehttp.post``); returns the HTTP
+    status. A refused address or a network error raises ``ReelgenError``; the response body is never read."""
+    return safehttp.post(url, body, headers, policy, CALLBACK)
 
 
 class Deliverer:
@@ -213,10 +189,8 @@ class Deliverer:
         ]
         try:
             status = post(d.url, body, headers, self.policy)
-        except ReelgenError as exc:
+        except ReelgenError as exc:  # refused, or a network error (safehttp logs which)
             return False, exc.message
-        except _NETWORK_ERRORS as exc:
-            return False, f"{type(exc).__name__}"
         if 200 <= status < 300:
             return True, None
         if 300 <= status < 400:

@@ -16,8 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from reelgen import service
+from reelgen.api.sse import frames
+from reelgen.faults import FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV
 from reelgen.store import ledger, tasks
-from reelgen.worker import FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV
 from tests.api_fixtures import LiveServer
 from tests.factories import Account, generate_body, make_account
 from tests.test_api import assert_error
@@ -102,8 +103,8 @@ def test_refused_requests_do_not_store_the_key(client: TestClient, ctx: service.
 
 
 def test_keys_expire_after_24_hours(client: TestClient, ctx: service.Context, rich: Account) -> None:
-    from reelgen.executor.local import sweep_once
     from reelgen.store.tables import idempotency_keys
+    from reelgen.sweeper import sweep_once
 
     headers = {**rich.headers, "Idempotency-Key": "daily"}
     first = client.post("/api/v1/generate", json=generate_body(duration=3), headers=headers).json()["data"]
@@ -240,6 +241,33 @@ def test_list_pages_newest_first_with_a_stable_cursor(client: TestClient, ctx: s
     assert [t["id"] for t in cancelled["tasks"]] == [made[0]] and cancelled["nextCursor"] is None
     first = client.get("/api/v1/tasks?limit=1", headers=rich.headers).json()["data"]["tasks"][0]
     assert first["id"] == made[-1] and first["status"] == "pending" and first["queuePosition"] == 5
+
+
+def test_listing_a_page_takes_the_same_few_queries_whatever_its_size(ctx: service.Context, rich: Account) -> None:
+    """No query per row: the page, the queue positions of its pending tasks and each request
+    class's recent runs are read once each."""
+    from sqlalchemy import event
+
+    for _ in range(12):
+        service.submit(ctx, rich.id, generate_body())
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    event.listen(ctx.db.engine, "before_cursor_execute", count)
+    try:
+        small = service.list_tasks(ctx, rich.id, "http://testserver/", limit=2)
+        n_small = len(statements)
+        statements.clear()
+        big = service.list_tasks(ctx, rich.id, "http://testserver/", limit=12)
+        n_big = len(statements)
+    finally:
+        event.remove(ctx.db.engine, "before_cursor_execute", count)
+    assert len(small["tasks"]) == 2 and len(big["tasks"]) == 12
+    assert [t["queuePosition"] for t in big["tasks"]] == list(range(11, -1, -1))
+    assert n_big == n_small <= 3
 
 
 @pytest.mark.parametrize(
@@ -391,10 +419,10 @@ def test_events_send_keep_alives_while_nothing_changes(ctx: service.Context, ric
 
     async def collect() -> list[str]:
         got: list[str] = []
-        stream = await service.task_events(
+        events = await service.task_events(
             ctx, rich.id, task_id, "http://test/", poll_seconds=0.01, keepalive_seconds=0.05
         )
-        async for chunk in stream:
+        async for chunk in frames(events):
             got.append(chunk)
             if chunk.startswith(":") and not any(c.startswith(":") for c in got[:-1]):
                 await anyio.to_thread.run_sync(lambda: service.cancel(ctx, rich.id, task_id, "http://test/"))

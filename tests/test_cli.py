@@ -81,3 +81,17 @@ def test_cli_errors_are_one_line(
     code, _, err = run(capsys, *argv, *extra)
     assert code == 2
     assert err.strip().count("\n") == 0 and code_name in err and "Traceback" not in err
+
+
+def test_db_upgrade_never_prints_the_database_password(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from sqlalchemy.engine import make_url
+
+    from tests.store_fixtures import pg_schema
+
+    password = "hunter2-not-for-eyes"
+    with pg_schema() as url:
+        # the test server trusts local connections: the password is accepted and unused
+        with_password = make_url(url).set(password=password).render_as_string(hide_password=False)
+        code, out, err = run(capsys, "db", "upgrade", "--data-dir", str(tmp_path), "--database-url", with_password)
+    assert code == 0 and "database at head: postgresql+psycopg://" in out and ":***@" in out
+    assert password not in out + err

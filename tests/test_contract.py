@@ -195,3 +195,25 @@ def test_the_shot_sum_waiver_matches_only_bodies_breaking_that_rule() -> None:
     assert not shots_disagree_with_duration({"input": {"multi_shots": True, "multi_prompt": [shot], "duration": 2}})
     assert not shots_disagree_with_duration({"input": {"multi_shots": False, "multi_prompt": [shot], "duration": 3}})
     assert not shots_disagree_with_duration([1])
+    # whole-number floats count, as the parser takes them: 13.0 + 5 is 18, not 5
+    assert shots_disagree_with_duration(
+        {"input": {"multi_shots": True, "multi_prompt": [{"prompt": "a", "duration": 13.0}, shot | {"duration": 5}]}}
+    )
+
+
+def test_the_document_builds_each_envelope_around_the_model_its_route_declares(client: TestClient) -> None:
+    """Routes declare their success model (``routes.success``); the document has no list of its own."""
+    from reelgen.api import extensions, routes
+    from reelgen.api.openapi import declared_models
+
+    spec = client.get("/openapi.json").json()
+    declared = declared_models((routes.router, extensions.router))
+    assert declared[("get", "/api/v1/tasks/{task_id}")].__name__ == "TaskView"
+    for (method, path), model in declared.items():
+        data = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        data = data["properties"]["data"]
+        name = model.__args__[0].__name__ if hasattr(model, "__args__") else model.__name__
+        ref = data["items"]["$ref"] if data.get("type") == "array" else data["$ref"]
+        assert ref == f"#/components/schemas/{name}", (method, path)
+    undeclared = spec["paths"]["/api/v1/webhooks/secret"]["get"]["responses"]["200"]["content"]
+    assert undeclared["application/json"]["schema"]["properties"]["data"] == {}

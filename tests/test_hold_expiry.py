@@ -20,10 +20,10 @@ import sqlalchemy as sa
 
 from reelgen import service
 from reelgen.domain import TaskStatus
-from reelgen.executor.local import HOLD_SLACK_SECONDS, sweep_once
 from reelgen.store import ledger, tasks
 from reelgen.store.db import Database
 from reelgen.store.tables import tasks as tasks_table
+from reelgen.sweeper import HOLD_SLACK_SECONDS, sweep_once
 from tests.api_fixtures import free_port
 from tests.factories import generate_body, make_account
 

@@ -31,16 +31,13 @@ from PIL import Image
 from pytest_httpserver import HTTPServer
 
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.inputs import (
+from reelgen.inputs import decode_data_uri, decode_image, fetch_image_bytes, load_images
+from reelgen.safehttp import (
     FETCH_FAILED_MESSAGE,
     REFUSED_MESSAGE,
     FetchPolicy,
     blocked_reason,
     check_address,
-    decode_data_uri,
-    decode_image,
-    fetch_image_bytes,
-    load_images,
     parse_ipv4,
     validate_url,
 )
@@ -272,7 +269,7 @@ def fetch_routed(port: int, path: str = "/img.png", policy: FetchPolicy | None =
 def why(caplog: pytest.LogCaptureFixture) -> Callable[[], str]:
     """The operator log of why fetches failed: the user-facing message deliberately never says,
     so the tests read the reason here to be sure each one fails for the right cause."""
-    caplog.set_level(logging.INFO, logger="reelgen.inputs")
+    caplog.set_level(logging.INFO, logger="reelgen.safehttp")
     return lambda: caplog.text
 
 
@@ -1008,6 +1005,15 @@ def test_huge_png_header_is_rejected_fast() -> None:
         timings.append(time.perf_counter() - start)
         assert err.code == ErrorCode.IMAGE_TOO_LARGE
     assert min(timings) < 0.1  # best of 5: immune to a one-off scheduler hiccup
+
+
+def test_decoding_leaves_pils_process_wide_pixel_guard_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Image.MAX_IMAGE_PIXELS`` belongs to the whole process: decoding must not rewrite it."""
+    before = 123_456_789
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", before)
+    assert decode_image(encode(Image.new("RGB", (64, 48)), "PNG")).size == (64, 48)
+    assert fetch_error(lambda: decode_image(png_header_only(7000, 7000))).code == ErrorCode.IMAGE_TOO_LARGE
+    assert Image.MAX_IMAGE_PIXELS - before == 0
 
 
 @pytest.mark.parametrize(("w", "h"), [(6100, 6000), (7000, 7000), (65_535, 65_535)])

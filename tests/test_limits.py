@@ -259,3 +259,72 @@ def test_regression_a_lone_surrogate_in_an_image_url_is_refused_at_submit(
     assert error["details"][0]["field"] == "input.image_urls"
     assert _count_tasks(ctx) == 0
     assert client.get("/api/v1/tasks", headers=account.headers).status_code == 200
+
+
+def _request_schema(client: TestClient) -> tuple[dict[str, Any], Any]:
+    """The document's ``GenerateRequest`` and a validator for it (components resolvable)."""
+    import jsonschema
+
+    spec = client.get("/openapi.json").json()
+    schema = {**spec["components"]["schemas"]["GenerateRequest"], "components": spec["components"]}
+    return spec, jsonschema.Draft202012Validator(schema)
+
+
+def test_regression_the_documented_image_url_pattern_admits_upload_urls(
+    client: TestClient, ctx: service.Context
+) -> None:
+    """The document's ``image_urls`` pattern refused the ``reelgen-upload://`` URLs the server hands out."""
+    account = make_account(ctx, credits=10_000)
+    uploaded = client.post(
+        "/api/v1/upload", content=PNG_1X1, headers={**account.headers, "Content-Type": "image/png"}
+    ).json()["data"]["url"]
+    body = {"model": "kling-3-0-image-to-video", "input": {"prompt": "a", "duration": 3, "image_urls": [uploaded]}}
+    _, validator = _request_schema(client)
+    assert list(validator.iter_errors(body)) == []
+    assert client.post("/api/v1/generate", json=body, headers=account.headers).status_code == 200
+
+
+@pytest.mark.parametrize("url", ["HTTP://", "https://", "http:///a.png", "http://:80/a.png", "https:// x"])
+def test_regression_the_document_refuses_image_urls_without_a_host_as_the_parser_does(
+    client: TestClient, ctx: service.Context, url: str
+) -> None:
+    account = make_account(ctx, credits=10_000)
+    body = {"model": "kling-3-0-image-to-video", "input": {"prompt": "a", "duration": 3, "image_urls": [url]}}
+    _, validator = _request_schema(client)
+    assert list(validator.iter_errors(body)) != []
+    error = _assert_error(client.post("/api/v1/generate", json=body, headers=account.headers), 400, "INVALID_INPUT")
+    assert error["details"][0]["field"] == "input.image_urls"
+    assert _count_tasks(ctx) == 0
+
+
+def test_regression_the_document_bounds_a_shot_duration_as_the_parser_does(
+    client: TestClient, ctx: service.Context
+) -> None:
+    account = make_account(ctx, credits=10_000)
+    _, validator = _request_schema(client)
+    for duration, documented_ok, status in ((15, True, 200), (16, False, 400), (0, False, 400)):
+        shots = [{"prompt": "a", "duration": duration}]
+        body = generate_body(duration=15, multi_shots=True, multi_prompt=shots)
+        assert (list(validator.iter_errors(body)) == []) is documented_ok, duration
+        assert client.post("/api/v1/generate", json=body, headers=account.headers).status_code == status, duration
+
+
+def test_regression_the_document_refuses_an_empty_upload_as_the_server_does(
+    client: TestClient, ctx: service.Context
+) -> None:
+    import jsonschema
+
+    spec, _ = _request_schema(client)
+    content = spec["paths"]["/api/v1/upload"]["post"]["requestBody"]["content"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate("", content["image/png"]["schema"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"file": ""}, content["multipart/form-data"]["schema"])
+    account = make_account(ctx, credits=10)
+    r = client.post("/api/v1/upload", content=b"", headers={**account.headers, "Content-Type": "image/png"})
+    _assert_error(r, 400, "INVALID_INPUT")
+
+
+def test_the_generate_operation_states_the_rule_its_schema_cannot(client: TestClient) -> None:
+    spec, _ = _request_schema(client)
+    assert "add up to ``duration``" in spec["paths"]["/api/v1/generate"]["post"]["description"]

@@ -24,8 +24,8 @@ from hypothesis.stateful import Bundle, multiple, rule, run_state_machine_as_tes
 from reelgen import service
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.executor.local import HOLD_SLACK_SECONDS, sweep_once
 from reelgen.store.db import Database
+from reelgen.sweeper import HOLD_SLACK_SECONDS, sweep_once
 from tests.api_fixtures import make_ctx, make_settings
 from tests.factories import generate_body
 from tests.test_store_ledger import LEASE, MAX_ATTEMPTS, _machine, _Model

@@ -137,6 +137,36 @@ def test_claim_can_be_limited_to_one_profile(db: Database) -> None:
     assert got is not None and got.id == tiny.id
 
 
+def test_queue_position_counts_only_the_tasks_of_its_profile(db: Database) -> None:
+    """Workers claim per profile, so only the same profile's pending tasks are ahead: the position
+    agrees with what ``claim(profile=...)`` will take next (and with the ETA built on it)."""
+    account = _account(db)
+    tiny_1, _ = submit(db, account, 10, now=_at(1), profile="tiny")
+    big, _ = submit(db, account, 10, now=_at(2), profile="big")
+    tiny_2, _ = submit(db, account, 10, now=_at(3), profile="tiny")
+    positions = {t.id: db.run(lambda c, t=t: tasks.queue_position(c, t.id)) for t in (tiny_1, big, tiny_2)}
+    assert positions == {tiny_1.id: 0, big.id: 0, tiny_2.id: 1}
+    assert db.run(lambda c: tasks.queue_positions(c, [tiny_1.id, big.id, tiny_2.id, "0" * 32])) == positions
+    got = _claim(db, profile="big")
+    assert got is not None and got.id == big.id  # position 0 was right: it was next for its workers
+    assert db.run(lambda c: tasks.queue_positions(c, [big.id, tiny_2.id])) == {tiny_2.id: 1}
+
+
+@pytest.mark.parametrize(
+    ("start", "new"),
+    [("completed", "pending"), ("failed", "processing"), ("cancelled", "completed"), ("pending", "completed")],
+)
+def test_every_status_write_obeys_the_state_machine(db: Database, start: str, new: str) -> None:
+    """The store's one conditional write consults ``TaskStatus.can_move_to``: a move the state
+    machine lacks is refused before any SQL runs, whatever the row says."""
+    account = _account(db)
+    task, _ = submit(db, account, 10, now=_at(1))
+    with pytest.raises(ValueError, match=f"cannot move from {start} to {new}"):
+        db.run(lambda c: tasks._move(c, task.id, start, None, status=new), immediate=True)
+    assert _get(db, task.id) == task
+    assert db.run(lambda c: tasks._move(c, task.id, "pending", None, status="processing"), immediate=True)
+
+
 def test_concurrent_claims_hand_each_task_to_one_worker(db: Database) -> None:
     account = _account(db)
     ids = {submit(db, account, 10, now=_at(i))[0].id for i in range(12)}

@@ -53,6 +53,16 @@ def test_raw_and_multipart_uploads(client: TestClient, acc: Account) -> None:
     assert raw.json()["data"]["id"] != form.json()["data"]["id"]
 
 
+def test_an_upload_whose_row_cannot_be_written_leaves_no_object(ctx: service.Context) -> None:
+    """The object is stored first and its row second: when the row fails (here a foreign-key
+    violation: no such account), the stored object is removed instead of being orphaned."""
+    uploads_dir = ctx.storage.local_path("uploads/x")
+    assert uploads_dir is not None
+    with pytest.raises(Exception, match=r"(?i)foreign key"):
+        service.upload(ctx, "no-such-account", image_bytes())
+    assert not uploads_dir.parent.exists() or list(uploads_dir.parent.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -240,3 +240,24 @@ def test_backoff_grows_between_attempts(make_client: Any) -> None:
     # base 0.2 s: waits of 0.2 x [0.5, 1.5) then 0.4 x [0.5, 1.5) (plus polling)
     assert stamps[1] - stamps[0] >= 0.1 and stamps[2] - stamps[1] >= 0.2
     assert timedelta(seconds=stamps[2] - stamps[0]) < timedelta(seconds=10)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://example.com/hook", "Callback URLs must use http or https."),
+        ("http://127.0.0.1/hook", "The callback URL was refused: it must point to a public internet address."),
+        ("https://", "The callback URL has no host."),
+    ],
+)
+def test_callback_refusals_name_the_callback_not_an_image(url: str, message: str) -> None:
+    """safehttp is told the purpose: its messages say "callback" without being rewritten afterwards."""
+    from reelgen.errors import ErrorCode, ReelgenError
+    from reelgen.safehttp import FetchPolicy
+    from reelgen.webhooks import validate_callback_url
+
+    with pytest.raises(ReelgenError) as info:
+        validate_callback_url(url, FetchPolicy())
+    assert info.value.code is ErrorCode.INVALID_INPUT
+    assert info.value.message == f"Invalid input: callback_url: {message}"
+    assert "image" not in info.value.message.lower()

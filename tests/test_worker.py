@@ -27,17 +27,19 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from reelgen.attempt import Worker
 from reelgen.config import Settings
 from reelgen.domain import TaskStatus
 from reelgen.engines.base import Engine
 from reelgen.errors import ErrorCode
-from reelgen.executor.local import LocalExecutor, settings_env, sweep_once
+from reelgen.executor.local import LocalExecutor, settings_env
+from reelgen.faults import FAULT_CRASH_ENV, FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV, Faults
 from reelgen.media import probe
 from reelgen.storage.local import LocalStorage
 from reelgen.store import keys, ledger, tasks
 from reelgen.store.db import Database
 from reelgen.store.tables import movements
-from reelgen.worker import FAULT_CRASH_ENV, FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV, Faults, Worker
+from reelgen.sweeper import sweep_once
 from tests.store_fixtures import pg_schema
 
 GRANT = 1000
@@ -407,6 +409,30 @@ def test_superseded_attempt_output_is_deleted_not_served(
     rig.assert_completed_once(task_id, attempt=2)
 
 
+def test_a_storage_error_deleting_a_superseded_output_does_not_cost_the_attempt(
+    rig: Rig, in_process: Callable[..., Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting an earlier attempt's output fails (here: the key is a directory, so unlink raises):
+    the new attempt logs it and still runs to completion, instead of dying holding its claim."""
+    caplog.set_level(logging.INFO, logger="reelgen.worker")
+    task_id = rig.submit("a fox")
+    _claim(rig, "w1")
+    assert _expire_leases(rig) == [task_id]
+    second = _claim(rig, "w2")
+    stuck = rig.storage.local_path(f"{task_id}/1.mp4")
+    assert stuck is not None
+    stuck.mkdir(parents=True)
+    (stuck / "blocker").write_bytes(b"x")
+
+    in_process("w2").run_attempt(second)
+    assert "could not delete the output of attempt 1 (IsADirectoryError); continuing" in caplog.text
+    row = rig.task(task_id)
+    assert (row.status, row.attempt, row.result_key) == (TaskStatus.COMPLETED, 2, f"{task_id}/2.mp4")
+    assert rig.movement_kinds(task_id) == {"reserve": 1, "capture": 1}
+    assert rig.scratch_files() == []
+    rig.assert_invariants()
+
+
 def test_lost_claim_stops_mid_render_and_leaves_no_file(
     rig: Rig, in_process: Callable[..., Worker], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -471,3 +497,19 @@ def test_settings_env_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert rebuilt.data_dir == tmp_path / "rel"
     assert (rebuilt.lease_seconds, rebuilt.allow_private_image_hosts, rebuilt.max_attempts) == (7.5, True, 5)
     assert rebuilt.weights is None
+
+
+def test_the_attempt_holds_no_signal_handling_or_process_exit() -> None:
+    """Signals, the parent pipe, the grace period and the exit belong to the process shell
+    (``reelgen.worker``); the attempt, which the Ray engine actor also runs, never touches them."""
+    import ast
+    import inspect
+
+    import reelgen.attempt
+
+    tree = ast.parse(inspect.getsource(reelgen.attempt))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    called = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    assert not imported & {"os", "signal", "sys"}
+    assert not called & {"_exit", "kill", "sigwait", "pthread_sigmask"}

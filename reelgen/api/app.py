@@ -147,7 +147,7 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
     def openapi() -> dict[str, Any]:
-        return document(app)
+        return document(app, (router, extensions.router))
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(RateLimitHeaders)

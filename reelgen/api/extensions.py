@@ -13,8 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from reelgen import service
-from reelgen.api.auth import CurrentAccount
+from reelgen.api.auth import CurrentAccount, bearer_token
 from reelgen.api.routes import GENERATE_BODY, base_url, ctx_of, ok
+from reelgen.api.sse import frames
 from reelgen.errors import ErrorCode, ReelgenError
 
 router = APIRouter()
@@ -60,9 +61,9 @@ def cancel(task_id: str, request: Request, account: CurrentAccount) -> dict[str,
 )
 async def events(task_id: str, request: Request, account: CurrentAccount) -> StreamingResponse:
     """Server-Sent Events: ``status`` and ``progress`` events carrying the task, until it is terminal."""
-    stream = await service.task_events(ctx_of(request), account, task_id, base_url(request))
+    events = await service.task_events(ctx_of(request), account, task_id, base_url(request))
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    return StreamingResponse(frames(events), media_type="text/event-stream", headers=headers)
 
 
 @router.post("/api/v1/estimate", tags=["generation"], openapi_extra={"requestBody": GENERATE_BODY})
@@ -78,7 +79,8 @@ def webhook_secret(request: Request, account: CurrentAccount) -> dict[str, Any]:
     return ok(service.webhook_secret(ctx_of(request), account))
 
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
+#: an upload is never empty (the service answers 400 INVALID_INPUT to an empty body)
+_BINARY = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
 UPLOAD_BODY = {
     "required": True,
     "content": {
@@ -138,5 +140,6 @@ def metrics(request: Request) -> Response:
     from reelgen.metrics import CONTENT_TYPE
 
     pids = getattr(request.app.state.executor, "pids", None)
-    body = service.metrics(ctx_of(request), request.headers.get("authorization"), len(pids()) if pids else None)
+    token = bearer_token(request.headers.get("authorization"))
+    body = service.metrics(ctx_of(request), token, len(pids()) if pids else None)
     return Response(body, media_type=CONTENT_TYPE)

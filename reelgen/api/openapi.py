@@ -2,43 +2,43 @@
 
 Routes return plain dicts (one envelope for every route), so FastAPI alone describes every
 response as "any object" plus a 422 that we never send. ``document(app)`` rewrites that into the
-contract: each operation's success envelope ``{"success": true, "data": <model>}``, the error
+contract: each operation's success envelope ``{"success": true, "data": <model>}`` around the
+model its route declares (``responses=routes.success(Model)``), the error
 envelope under every status the route can answer (``ERROR_STATUSES``), the bearer scheme and a
 request body that says what ``schemas.parse_generate`` accepts. Schemathesis runs against this
 document in CI (``tests/test_contract.py``), so it must stay exact: a status the server sends
 but the document lacks, or a body that does not match, fails that run.
 
-An operation missing from ``SUCCESS`` still gets the error envelope and the generic statuses;
+An operation that declares no model still gets the error envelope and the generic statuses;
 its success body is described as an envelope around any JSON value.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, get_args, get_origin
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from reelgen.schemas import (
     IMAGE_TO_VIDEO,
+    IMAGE_URL_PATTERN,
     MAX_DURATION,
     MAX_PROMPT_CHARS,
     MIN_DURATION,
     TEXT_TO_VIDEO,
+    UPLOAD_URL_PREFIX,
     AspectRatio,
-    CreditsView,
-    DownloadView,
-    GenerateAccepted,
     Mode,
-    ModelView,
-    TaskView,
 )
 
 REF = "#/components/schemas/{model}"
-#: ``schemas.GenerateInput`` compares the scheme case-insensitively.
-IMAGE_URL = "^([hH][tT][tT][pP][sS]?://|[dD][aA][tT][aA]:[iI][mM][aA][gG][eE]/)"
+#: the very pattern ``schemas.GenerateInput`` applies (http(s) with a host, data:image/, uploads)
+IMAGE_URL = IMAGE_URL_PATTERN
 #: A prompt: no NUL (PostgreSQL text cannot hold it) and at least one character ``str.strip()`` keeps
 #: (``MISSING_PROMPT`` otherwise). Whitespace is spelled out rather than ``\s``, because Python's and
 #: ECMA-262's whitespace classes differ (\x1c-\x1f and \x85 against \ufeff).
@@ -75,26 +75,6 @@ _DESCRIPTIONS = {
 }
 
 
-class _Health(BaseModel):
-    status: str
-
-
-class _Ready(BaseModel):
-    status: str
-    profile: str
-    randomWeights: bool
-
-
-# (method, path) -> the model of ``data`` in the success envelope (a list: ``data`` is an array of it)
-SUCCESS: dict[tuple[str, str], type[BaseModel] | list[type[BaseModel]]] = {
-    ("post", "/api/v1/generate"): GenerateAccepted,
-    ("get", "/api/v1/tasks/{task_id}"): TaskView,
-    ("get", "/api/v1/tasks/{task_id}/download"): DownloadView,
-    ("get", "/api/v1/credits"): CreditsView,
-    ("get", "/api/v1/models"): [ModelView],
-    ("get", "/healthz"): _Health,
-    ("get", "/readyz"): _Ready,
-}
 #: Operations that may answer with the MP4 itself (``?mode=proxy``), whole or a byte range.
 VIDEO: set[tuple[str, str]] = {("get", "/api/v1/tasks/{task_id}/download")}
 
@@ -142,7 +122,7 @@ def _input_schema(model: str) -> dict[str, Any]:
         "required": ["prompt", "duration"],
         "properties": {
             "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": PROMPT},
-            "duration": {"type": "integer", "minimum": 1},
+            "duration": {"type": "integer", "minimum": 1, "maximum": MAX_DURATION},
         },
     }
     props: dict[str, Any] = {
@@ -161,7 +141,11 @@ def _input_schema(model: str) -> dict[str, Any]:
             "default": False,
             "description": "true needs multi_prompt, whose shot durations add up to duration.",
         },
-        "multi_prompt": {"type": ["array", "null"], "items": shot},
+        "multi_prompt": {
+            "type": ["array", "null"],
+            "items": shot,
+            "description": "The shots, in order; their durations must add up to duration (else 400 INVALID_INPUT).",
+        },
     }
     required = ["prompt"]
     if model == TEXT_TO_VIDEO:
@@ -172,7 +156,10 @@ def _input_schema(model: str) -> dict[str, Any]:
             "minItems": 1,
             "maxItems": 2,
             "items": {"type": "string", "pattern": IMAGE_URL},
-            "description": "1 image (start frame) or 2 (start and end frame): http(s) URLs or data:image/ URIs.",
+            "description": (
+                "1 image (start frame) or 2 (start and end frame): http(s) URLs, data:image/ URIs or the "
+                f"{UPLOAD_URL_PREFIX}<id> URLs that POST /api/v1/upload returns."
+            ),
         }
         required.append("image_urls")
     return {
@@ -209,15 +196,28 @@ def _model_ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, 
     return {"$ref": REF.format(model=model.__name__.lstrip("_"))}
 
 
-def _responses(key: tuple[str, str], declared: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+def declared_models(routers: Sequence[APIRouter]) -> dict[tuple[str, str], Any]:
+    """(method, path) -> the model of ``data`` each route declares (``routes.success``)."""
+    found: dict[tuple[str, str], Any] = {}
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.include_in_schema:
+                model = route.responses.get(200, {}).get("model")
+                if model is not None:
+                    found.update({(method.lower(), route.path): model for method in route.methods or ()})
+    return found
+
+
+def _responses(
+    key: tuple[str, str], declared: dict[str, Any], wanted: Any, components: dict[str, Any]
+) -> dict[str, Any]:
     """The operation's responses: its success envelope (a route that declares only another media
     type, such as Server-Sent Events, keeps that) and the error envelope under each status."""
     declared_ok = declared.get("200", {})
     if "content" in declared_ok and "application/json" not in declared_ok["content"]:
         return {"200": declared_ok, **_errors(key)}
-    wanted = SUCCESS.get(key)
-    if isinstance(wanted, list):
-        data: dict[str, Any] = {"type": "array", "items": _model_ref(wanted[0], components)}
+    if get_origin(wanted) is list:
+        data: dict[str, Any] = {"type": "array", "items": _model_ref(get_args(wanted)[0], components)}
     elif wanted is not None:
         data = _model_ref(wanted, components)
     else:
@@ -244,8 +244,9 @@ def _errors(key: tuple[str, str]) -> dict[str, Any]:
     return dict(sorted(responses.items()))
 
 
-def document(app: FastAPI) -> dict[str, Any]:
-    """The app's OpenAPI document (built once and cached on the app)."""
+def document(app: FastAPI, routers: Sequence[APIRouter] = ()) -> dict[str, Any]:
+    """The app's OpenAPI document (built once and cached on the app); ``routers`` hold the routes
+    whose declared success models (``routes.success``) the envelopes are built around."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -255,9 +256,11 @@ def document(app: FastAPI) -> dict[str, Any]:
     components["ErrorEnvelope"] = error_envelope_schema()
     components["GenerateRequest"] = generate_request_schema()
     paths = schema.get("paths", {})
+    models = declared_models(routers)
     for path, item in paths.items():
         for method, op in item.items():
-            op["responses"] = _responses((method, path), op.get("responses", {}), components)
+            key = (method, path)
+            op["responses"] = _responses(key, op.get("responses", {}), models.get(key), components)
     _link_task_routes(paths)
     app.openapi_schema = copy.deepcopy(schema)
     return app.openapi_schema

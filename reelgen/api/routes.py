@@ -7,14 +7,33 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from reelgen import service
 from reelgen.api.auth import CurrentAccount
 from reelgen.api.streaming import mp4_response
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.schemas import CreditsView, DownloadView, GenerateAccepted, ModelView, TaskView
 
 router = APIRouter()
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    profile: str
+    randomWeights: bool
+
+
+def success(model: Any) -> dict[int | str, dict[str, Any]]:
+    """A route's declaration of the model of ``data`` in its success envelope ``{"success": true,
+    "data": ...}``; ``api/openapi.py`` builds the documented envelope from it. Documentation only:
+    the route still returns its dict (FastAPI does not re-validate it)."""
+    return {200: {"model": model}}
 
 
 def ok(data: Any) -> dict[str, Any]:
@@ -40,9 +59,18 @@ GENERATE_BODY = {
 }
 
 
-@router.post("/api/v1/generate", tags=["generation"], openapi_extra={"requestBody": GENERATE_BODY})
+@router.post(
+    "/api/v1/generate",
+    tags=["generation"],
+    openapi_extra={"requestBody": GENERATE_BODY},
+    responses=success(GenerateAccepted),
+)
 async def generate(request: Request, account: CurrentAccount) -> dict[str, Any]:
-    """Reserve the price and queue a generation task."""
+    """Reserve the price and queue a generation task.
+
+    One rule the request schema cannot state: with ``multi_shots`` true, the ``multi_prompt`` shot
+    durations must add up to ``duration``; a body breaking it is answered 400 ``INVALID_INPUT``.
+    """
     raw = await request.body()
     try:
         body = json.loads(raw)
@@ -52,13 +80,13 @@ async def generate(request: Request, account: CurrentAccount) -> dict[str, Any]:
     return ok(await run_in_threadpool(service.submit, ctx_of(request), account, body, idempotency_key=idem))
 
 
-@router.get("/api/v1/tasks/{task_id}", tags=["tasks"])
+@router.get("/api/v1/tasks/{task_id}", tags=["tasks"], responses=success(TaskView))
 def get_task(task_id: str, request: Request, account: CurrentAccount) -> dict[str, Any]:
     """A task's status, progress and, once completed, its result."""
     return ok(service.get_task(ctx_of(request), account, task_id, base_url(request)))
 
 
-@router.get("/api/v1/tasks/{task_id}/download", tags=["tasks"], response_model=None)
+@router.get("/api/v1/tasks/{task_id}/download", tags=["tasks"], response_model=None, responses=success(DownloadView))
 def download(
     task_id: str,
     request: Request,
@@ -78,25 +106,25 @@ def signed_file(task_id: str, request: Request, expires: str | None = None, toke
     return _mp4(request, service.result_for_token(ctx_of(request), task_id, expires, token))
 
 
-@router.get("/api/v1/credits", tags=["account"])
+@router.get("/api/v1/credits", tags=["account"], responses=success(CreditsView))
 def credits(request: Request, account: CurrentAccount) -> dict[str, Any]:
     """Available credits and credits held by pending/processing tasks."""
     return ok(service.credits(ctx_of(request), account))
 
 
-@router.get("/api/v1/models", tags=["models"])
+@router.get("/api/v1/models", tags=["models"], responses=success(list[ModelView]))
 def models(request: Request, type: Literal["video"] | None = None) -> dict[str, Any]:
     """The served models with their inputs and per-second prices (no auth)."""
     return ok(service.models(ctx_of(request)))
 
 
-@router.get("/healthz", tags=["health"])
+@router.get("/healthz", tags=["health"], responses=success(Health))
 def healthz() -> dict[str, Any]:
     """Liveness: the process answers."""
     return ok({"status": "ok"})
 
 
-@router.get("/readyz", tags=["health"], response_model=None)
+@router.get("/readyz", tags=["health"], response_model=None, responses=success(Ready))
 def readyz(request: Request) -> dict[str, Any] | JSONResponse:
     """Readiness: the database answers (503 otherwise)."""
     return ok(service.ready(ctx_of(request)))

@@ -7,9 +7,9 @@ tasks from the store on its own (the store is the queue). The parent only:
 * wakes idle children when a task is queued (a line on the child's stdin; the child treats the
   end of its stdin as "the parent is gone" and drains, so a killed server leaves no orphans);
 * restarts a child that died, with exponential backoff, and logs it;
-* runs the sweeper every few seconds (``sweep_once``): requeues tasks whose lease expired (or
-  fails them once they have used ``max_attempts``), releases holds older than
-  ``max_run_seconds`` plus slack, and once a minute removes scratch files older than an hour;
+* runs the sweeper (``reelgen.sweeper``): requeues tasks whose lease expired (or fails them once
+  they have used ``max_attempts``), releases holds older than ``max_run_seconds`` plus slack, and
+  once a minute removes scratch files older than an hour;
 * on ``stop()`` sends SIGTERM to every child, waits the grace period, then SIGKILLs and reaps.
 """
 
@@ -25,27 +25,21 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from reelgen.sweeper import Sweeper
+
 if TYPE_CHECKING:
     from reelgen.config import Settings
-    from reelgen.domain import TaskStatus
     from reelgen.storage.base import Storage
     from reelgen.store.db import Database
 
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "REELGEN_"
-#: A hold may outlive ``max_run_seconds`` by this much before the sweeper expires it.
-HOLD_SLACK_SECONDS = 600.0
-#: Scratch files untouched for this long belong to a dead writer.
-TEMP_MAX_AGE_SECONDS = 3600.0
 SUPERVISE_INTERVAL = 0.5
-SWEEP_INTERVAL = 2.0
-TEMP_SWEEP_INTERVAL = 60.0
 #: Restart backoff: 0.5 s, 1 s, 2 s, ... up to this; reset once a worker has lived this long.
 MAX_BACKOFF_SECONDS = 30.0
 HEALTHY_AFTER_SECONDS = 60.0
@@ -78,47 +72,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-@dataclass(frozen=True)
-class SweepReport:
-    requeued: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    expired: list[str] = field(default_factory=list)
-    purged_idempotency_keys: int = 0
-
-
-def sweep_once(db: Database, settings: Settings, now: datetime | None = None) -> SweepReport:
-    """One rescuer pass: recover tasks whose lease expired, then expire holds older than their TTL.
-
-    A task whose lease ran out goes back to the queue as a new attempt, or fails (releasing its
-    credits) once it has used ``max_attempts``; the store decides which, in one conditional write
-    per task. A hold older than ``max_run_seconds + HOLD_SLACK_SECONDS`` is released and its task
-    fails with ``TIMEOUT``. Idempotency keys older than their 24 hours are deleted.
-    """
-    from reelgen.domain import TaskStatus
-    from reelgen.store import idempotency, tasks
-
-    when = now or datetime.now(UTC)
-    rescued: list[tuple[str, TaskStatus]] = db.run(lambda conn: tasks.rescue_expired(conn, when), immediate=True)
-    expired: list[str] = db.run(
-        lambda conn: tasks.expire_holds(conn, max_age_seconds=settings.max_run_seconds + HOLD_SLACK_SECONDS, now=when),
-        immediate=True,
-    )
-    purged: int = db.run(lambda conn: idempotency.purge_expired(conn, when), immediate=True)
-    report = SweepReport(
-        requeued=[t for t, s in rescued if s == TaskStatus.PENDING],
-        failed=[t for t, s in rescued if s != TaskStatus.PENDING],
-        expired=expired,
-        purged_idempotency_keys=purged,
-    )
-    for task_id in report.requeued:
-        log.warning("task %s: its worker's lease expired; requeued as a new attempt", task_id)
-    for task_id in report.failed:
-        log.error("task %s: lease expired on its last allowed attempt; failed and credits released", task_id)
-    for task_id in report.expired:
-        log.error("task %s: hold expired after %.0f s; failed with TIMEOUT", task_id, settings.max_run_seconds)
-    return report
-
-
 @dataclass
 class _Child:
     """One device's worker process, across restarts."""
@@ -146,6 +99,7 @@ class LocalExecutor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._db: Database | None = None
+        self._sweeper: Sweeper | None = None
         self._env = settings_env(settings)
         self._host = socket.gethostname()
 
@@ -163,6 +117,8 @@ class LocalExecutor:
         with self._lock:
             for child in self._children:
                 self._spawn(child)
+        self._sweeper = Sweeper(self.settings, self._db, self._storage)
+        self._sweeper.start()
         self._thread = threading.Thread(target=self._supervise, name="reelgen-supervisor", daemon=True)
         self._thread.start()
 
@@ -180,6 +136,9 @@ class LocalExecutor:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
         with self._lock:
             procs = [c.proc for c in self._children if c.proc is not None]
         for proc in procs:
@@ -219,17 +178,8 @@ class LocalExecutor:
         log.info("started worker %s (pid %d) on %s", worker_id, child.proc.pid, child.device)
 
     def _supervise(self) -> None:
-        next_sweep = 0.0
-        next_temp_sweep = 0.0
         while not self._stopping.wait(SUPERVISE_INTERVAL):
-            now = time.monotonic()
-            self._restart_dead(now)
-            if now >= next_sweep:
-                next_sweep = now + SWEEP_INTERVAL
-                self._sweep()
-            if now >= next_temp_sweep:
-                next_temp_sweep = now + TEMP_SWEEP_INTERVAL
-                self._sweep_temp()
+            self._restart_dead(time.monotonic())
 
     def _restart_dead(self, now: float) -> None:
         with self._lock:
@@ -250,23 +200,6 @@ class LocalExecutor:
                 if now >= child.restart_at:
                     child.restart_at = 0.0
                     self._spawn(child)
-
-    def _sweep(self) -> None:
-        assert self._db is not None
-        try:
-            sweep_once(self._db, self.settings)
-        except Exception:
-            log.exception("sweeper pass failed; retrying in %.0f s", SWEEP_INTERVAL)
-
-    def _sweep_temp(self) -> None:
-        assert self._storage is not None
-        try:
-            removed = self._storage.sweep_temp(TEMP_MAX_AGE_SECONDS)
-        except OSError:
-            log.exception("sweeping scratch files failed")
-            return
-        if removed:
-            log.info("removed %d orphaned scratch file(s)", removed)
 
 
 def _describe_exit(code: int | None) -> str:

@@ -2,7 +2,7 @@
 
 Shape (all actors live in the Ray namespace ``reelgen``):
 
-* **engine actors** ``reelgen-engine-<i>``: each holds one ``reelgen.worker.Worker`` with its engine
+* **engine actors** ``reelgen-engine-<i>``: each holds one ``reelgen.attempt.Worker`` with its engine
   loaded once, and runs the worker's own loop in a thread: claim from the store, heartbeat, render,
   store, complete, all fenced by the attempt number exactly as in a worker subprocess. One GPU per
   actor (``num_gpus=1``; on a cluster without GPUs, ``num_cpus=1``). They are **detached**, so
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 from reelgen.errors import ErrorCode, ReelgenError
 
 if TYPE_CHECKING:
+    from reelgen.attempt import Worker
     from reelgen.config import Settings
-    from reelgen.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ class EngineActor:
     """One engine on one GPU (or CPU slot): a ``Worker`` running its claim loop in a thread."""
 
     def __init__(self, settings: Settings, name: str, device: str) -> None:
-        from reelgen.worker import Faults, Worker
+        from reelgen.attempt import Worker
+        from reelgen.faults import Faults
 
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s")
         self.worker_id = f"ray:{name}:{uuid.uuid4().hex[:8]}"
@@ -88,16 +89,21 @@ class EngineActor:
 
     def drain(self) -> None:
         """Stop claiming; the current task finishes or is handed back within the grace period."""
-        self.worker.drain("asked to drain by the dispatcher")
+        if self.worker.drain("asked to drain by the dispatcher"):
+            threading.Thread(target=self._enforce_grace, name="grace", daemon=True).start()
+
+    def _enforce_grace(self) -> None:
+        threading.Event().wait(self.worker.settings.shutdown_grace_seconds)
+        self.worker.stop_current()  # it stops at its next step boundary and hands its task back
 
 
 class Dispatcher:
     """Keeps ``count`` engine actors alive, forwards wake-ups, and runs the sweeper."""
 
     def __init__(self, settings: Settings) -> None:
-        from reelgen.executor.external import Sweeper
         from reelgen.storage import pick
         from reelgen.store.db import Database
+        from reelgen.sweeper import Sweeper
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s dispatcher %(name)s: %(message)s")
         self.ray = import_ray()

@@ -9,6 +9,7 @@ behind by a crashed writer are removed by ``sweep_temp``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -70,3 +71,20 @@ def check_temp_name(name: str) -> str:
     if not name or name in (".", "..") or not all(c.isalnum() or c in "-_." for c in name):
         raise ValueError(f"invalid scratch file name {name!r}")
     return name
+
+
+def sweep_dir(directory: Path, older_than_seconds: float) -> int:
+    """Remove the files directly in ``directory`` not modified for ``older_than_seconds``; returns
+    how many. The one scratch sweep behind every backend's ``sweep_temp``."""
+    if not directory.is_dir():
+        return 0
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for entry in directory.iterdir():
+        try:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                removed += 1
+        except FileNotFoundError:  # removed concurrently (a put, or another sweeper)
+            continue
+    return removed

@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.storage.base import check_key, check_temp_name
+from reelgen.storage.base import check_key, check_temp_name, sweep_dir
 
 if TYPE_CHECKING:
     from reelgen.config import Settings
@@ -109,15 +108,4 @@ class LocalStorage:
         return None
 
     def sweep_temp(self, older_than_seconds: float) -> int:
-        if not self.tmp.is_dir():
-            return 0
-        cutoff = time.time() - older_than_seconds
-        removed = 0
-        for entry in self.tmp.iterdir():
-            try:
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
-                    entry.unlink()
-                    removed += 1
-            except FileNotFoundError:  # removed concurrently (put, or another sweeper)
-                continue
-        return removed
+        return sweep_dir(self.tmp, older_than_seconds)

@@ -16,12 +16,11 @@ boto3 is imported only here, and only when this backend is chosen (``pip install
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.storage.base import check_key, check_temp_name
+from reelgen.storage.base import check_key, check_temp_name, sweep_dir
 
 if TYPE_CHECKING:
     from reelgen.config import Settings
@@ -160,18 +159,7 @@ class S3Storage:
         return url
 
     def sweep_temp(self, older_than_seconds: float) -> int:
-        if not self.scratch.is_dir():
-            return 0
-        cutoff = time.time() - older_than_seconds
-        removed = 0
-        for entry in self.scratch.iterdir():
-            try:
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
-                    entry.unlink()
-                    removed += 1
-            except FileNotFoundError:  # removed concurrently
-                continue
-        return removed
+        return sweep_dir(self.scratch, older_than_seconds)
 
 
 class _S3Reader(io.RawIOBase):

@@ -123,9 +123,14 @@ class Database:
         return cls(url)
 
     def __repr__(self) -> str:
+        return f"Database({self.display_url!r})"
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked (``***``), for logs and command output."""
         from sqlalchemy.engine import make_url
 
-        return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
+        return make_url(self.url).render_as_string(hide_password=True)
 
     # transactions
 

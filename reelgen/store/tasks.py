@@ -8,6 +8,10 @@ or publish its result. Finishing moves the credits in the same transaction as th
 
 Call the writing functions inside ``db.run(fn, immediate=True)``: on SQLite that serialises them on
 the write lock, on PostgreSQL claims use ``FOR UPDATE SKIP LOCKED`` and the ledger locks the account.
+
+Over 400 lines on purpose: every verb here relies on the same fenced conditional write
+(``_move``, checked against ``TaskStatus.can_move_to``), and keeping them in one module keeps that
+invariant in one place.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
@@ -24,9 +28,11 @@ from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.store import ledger, webhooks
 from reelgen.store.tables import tasks
+from reelgen.views import webhook_object
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement
+    from collections.abc import Sequence
+
     from sqlalchemy.engine import Connection, RowMapping
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "heartbeat",
     "list_for_account",
     "queue_position",
+    "queue_positions",
     "recent_run_seconds",
     "rescue_expired",
 ]
@@ -122,8 +129,16 @@ def _is_postgres(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
+def _allowed(status: str, new: str) -> None:
+    """Refuse a status change the state machine does not have (``TaskStatus.can_move_to``): a bug, not a race."""
+    if not TaskStatus(status).can_move_to(TaskStatus(new)):
+        raise ValueError(f"a task cannot move from {status} to {new}")
+
+
 def _move(conn: Connection, task_id: str, status: str, attempt: int | None, /, **values: Any) -> bool:
     """The one conditional write: set ``values`` if the task is still in ``status`` (and ``attempt``)."""
+    if "status" in values:
+        _allowed(status, values["status"])
     stmt = update(tasks).where(tasks.c.id == task_id, tasks.c.status == status)
     if attempt is not None:
         stmt = stmt.where(tasks.c.attempt == attempt)
@@ -196,22 +211,36 @@ def _require(conn: Connection, task_id: str) -> TaskRow:
 
 
 def queue_position(conn: Connection, task_id: str) -> int | None:
-    """How many pending tasks will be claimed before this one (0 = next); None unless pending."""
-    task = get(conn, task_id)
-    if task is None or task.status is not TaskStatus.PENDING:
-        return None
-    ahead = conn.execute(
-        select(func.count()).select_from(tasks).where(tasks.c.status == _PENDING, _before(task.created_at, task.id))
-    ).scalar_one()
-    return int(ahead)
+    """How many pending tasks will be claimed before this one (0 = next); None unless pending.
+
+    Only tasks of the same profile count: workers claim per profile (``claim(profile=...)``), so
+    those are the tasks ahead of it, and the ETA (``progress``) is built on the same number.
+    """
+    return queue_positions(conn, [task_id]).get(task_id)
 
 
-def _before(created_at: datetime, task_id: str) -> ColumnElement[bool]:
-    """SQL: the row sorts before (created_at, id) in queue order."""
-    return or_(
-        tasks.c.created_at < created_at,
-        and_(tasks.c.created_at == created_at, tasks.c.id < task_id),
+def queue_positions(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
+    """``queue_position`` of each pending task among ``task_ids``, in one query (others are absent)."""
+    if not task_ids:
+        return {}
+    ahead = tasks.alias("ahead")
+    count_ahead = (
+        select(func.count())
+        .select_from(ahead)
+        .where(
+            ahead.c.status == _PENDING,
+            ahead.c.profile == tasks.c.profile,
+            or_(
+                ahead.c.created_at < tasks.c.created_at,
+                and_(ahead.c.created_at == tasks.c.created_at, ahead.c.id < tasks.c.id),
+            ),
+        )
+        .scalar_subquery()
     )
+    rows = conn.execute(
+        select(tasks.c.id, count_ahead).where(tasks.c.id.in_(list(task_ids)), tasks.c.status == _PENDING)
+    ).all()
+    return {row[0]: int(row[1]) for row in rows}
 
 
 def claim(
@@ -347,19 +376,7 @@ def _ended(conn: Connection, task_id: str, now: datetime) -> None:
     task = _require(conn, task_id)
     if not task.callback_url:
         return
-    error = None
-    if task.status is not TaskStatus.COMPLETED:
-        error = {"code": task.error_code or ErrorCode.GENERATION_FAILED.value, "message": task.error_message or ""}
-    data = {
-        "id": task.id,
-        "taskId": task.id,
-        "model": task.model,
-        "status": task.status.value,
-        "creditsUsed": task.price if task.status is TaskStatus.COMPLETED else 0,
-        "createdAt": _iso(task.created_at),
-        "completedAt": _iso(task.completed_at or now),
-        "error": error,
-    }
+    data = webhook_object(task)
     webhooks.enqueue(
         conn,
         task_id=task.id,
@@ -369,10 +386,6 @@ def _ended(conn: Connection, task_id: str, now: datetime) -> None:
         data=data,
         now=now,
     )
-
-
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _REQUEUED: dict[str, Any] = {
@@ -419,6 +432,7 @@ def rescue_expired(conn: Connection, now: datetime) -> list[tuple[str, TaskStatu
                 "completed_at": now,
                 "lease_expires_at": None,
             }
+        _allowed(_PROCESSING, values["status"])
         won = (
             conn.execute(
                 update(tasks)

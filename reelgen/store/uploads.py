@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import insert, select
 
-from reelgen.inputs import UPLOAD_SCHEME
+from reelgen.schemas import UPLOAD_URL_PREFIX
 from reelgen.store.tables import uploads
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["SCHEME", "Upload", "create", "get", "parse_url", "storage_key", "url_for"]
 
 #: ``image_urls`` entries naming an upload: ``reelgen-upload://<32 hex digits>``.
-SCHEME = UPLOAD_SCHEME
+SCHEME = UPLOAD_URL_PREFIX
 _ID = re.compile(r"[0-9a-f]{32}")
 
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports():
     import reelgen.inputs
+    import reelgen.safehttp
     import reelgen.schemas
     from tests.fuzz import targets
 
@@ -50,5 +51,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _ = reelgen.inputs
+    _ = reelgen.inputs, reelgen.safehttp
     main()

@@ -13,7 +13,7 @@ from typing import Any
 
 from reelgen.api.errors import envelope
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.inputs import MAX_URL_LENGTH, FetchPolicy, check_address, validate_url
+from reelgen.safehttp import MAX_URL_LENGTH, FetchPolicy, check_address, validate_url
 from reelgen.schemas import IMAGE_TO_VIDEO, MAX_DURATION, MAX_PROMPT_CHARS, MIN_DURATION, TEXT_TO_VIDEO, parse_generate
 
 #: What ``parse_generate`` may refuse with (API.md, POST /api/v1/generate).

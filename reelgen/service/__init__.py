@@ -1,0 +1,69 @@
+"""The rules of the service, one module per use case; the HTTP layer calls exactly one function
+per route, and the CLI's operator verbs call them too.
+
+* ``context``: ``Context`` (database, settings, profile, storage, clock), built once and passed in;
+* ``admission``: an API key → an account, its request rate and active-task cap; operators' overrides;
+* ``tasks``: submit (validate, price, reserve, create in one transaction), read, list, cancel,
+  estimate, and follow a task as events;
+* ``uploads``: input images stored for later ``image_urls``;
+* ``links`` and ``results``: signed, expiring result links and the files behind them;
+* ``account``: credits and the webhook secret; ``catalogue``: models and prices, readiness, metrics.
+
+Plain functions over a ``Context``; HTTP details (the bearer header, Server-Sent Events framing)
+live in ``reelgen.api``. Money moves only in ``store.ledger`` / ``store.tasks``.
+"""
+
+from __future__ import annotations
+
+from reelgen.service.account import credits, webhook_secret
+from reelgen.service.admission import Admission, admit, set_limits
+from reelgen.service.catalogue import metrics, models, ready
+from reelgen.service.context import Context, utcnow
+from reelgen.service.links import signed_file_url
+from reelgen.service.results import ResultFile, download, result_for_owner, result_for_token
+from reelgen.service.tasks import (
+    CURSOR_PATTERN,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    TaskEvent,
+    cancel,
+    estimate,
+    get_task,
+    list_tasks,
+    submit,
+    task_events,
+    task_view,
+)
+from reelgen.service.uploads import upload
+from reelgen.views import iso
+
+__all__ = [
+    "CURSOR_PATTERN",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "Admission",
+    "Context",
+    "ResultFile",
+    "TaskEvent",
+    "admit",
+    "cancel",
+    "credits",
+    "download",
+    "estimate",
+    "get_task",
+    "iso",
+    "list_tasks",
+    "metrics",
+    "models",
+    "ready",
+    "result_for_owner",
+    "result_for_token",
+    "set_limits",
+    "signed_file_url",
+    "submit",
+    "task_events",
+    "task_view",
+    "upload",
+    "utcnow",
+    "webhook_secret",
+]

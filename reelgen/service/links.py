@@ -1,0 +1,40 @@
+"""Signed result links: an absolute, expiring URL of a task's MP4 that needs no API key.
+
+The token is an HMAC over the task id and the expiry (keyed with the server secret), so a link
+cannot be forged or extended; an expired or forged one answers like an unknown file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from datetime import UTC, datetime
+
+from reelgen.service.context import Context
+
+__all__ = ["signed_file_url", "valid_token"]
+
+
+def _sign(ctx: Context, task_id: str, expires: int) -> str:
+    mac = hmac.new(ctx.secret.encode(), f"file:{task_id}:{expires}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:24]).decode().rstrip("=")
+
+
+def signed_file_url(ctx: Context, task_id: str, base_url: str) -> tuple[str, datetime]:
+    """An absolute, expiring URL for a task's MP4 that needs no key (HMAC over id and expiry)."""
+    ttl = ctx.settings.download_url_ttl_seconds
+    # Round the expiry up to a minute so repeated polls return a stable URL.
+    expires = (int(time.time()) // 60 + 1) * 60 + ttl
+    base = (ctx.settings.public_base_url or base_url).rstrip("/")
+    token = _sign(ctx, task_id, expires)
+    return f"{base}/api/v1/files/{task_id}.mp4?expires={expires}&token={token}", datetime.fromtimestamp(expires, UTC)
+
+
+def valid_token(ctx: Context, task_id: str, expires: str | None, token: str | None) -> bool:
+    """Whether ``expires``/``token`` (from a signed URL's query) are a live link to this task."""
+    if not expires or not token or not expires.isdigit():
+        return False
+    exp = int(expires)
+    return exp >= time.time() and hmac.compare_digest(_sign(ctx, task_id, exp), token)

@@ -1,0 +1,74 @@
+"""Results: the signed link of a completed task's MP4 (``/download``) and the file behind it, for
+its owner (``?mode=proxy``) or for anyone holding a live signed link (``/files/{id}.mp4``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reelgen.domain import TaskStatus
+from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.service.context import Context
+from reelgen.service.links import signed_file_url, valid_token
+from reelgen.service.tasks import owned_task
+from reelgen.store import tasks
+from reelgen.views import iso
+
+__all__ = ["ResultFile", "download", "result_for_owner", "result_for_token"]
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """A stored result to send: ``path`` when the API can serve a local file itself, else None and
+    the route streams ``storage.open(key)`` (remote storage such as a bucket)."""
+
+    key: str
+    size: int
+    filename: str
+    path: Path | None = None
+
+
+def _no_result(row: tasks.TaskRow) -> ReelgenError:
+    return ReelgenError(ErrorCode.NO_RESULT, f"The task is {row.status.value}; it has no result yet.")
+
+
+def download(ctx: Context, account_id: str, task_id: str, base_url: str) -> dict[str, Any]:
+    row, _, _ = owned_task(ctx, account_id, task_id)
+    if row.status != TaskStatus.COMPLETED or not row.result_key:
+        raise _no_result(row)
+    url, expires_at = signed_file_url(ctx, row.id, base_url)
+    presigned = ctx.storage.presigned_url(row.result_key, ctx.settings.download_url_ttl_seconds)
+    return {"url": presigned or url, "type": "video", "expiresAt": iso(expires_at)}
+
+
+def _result_file(ctx: Context, row: tasks.TaskRow) -> ResultFile:
+    if row.status != TaskStatus.COMPLETED or not row.result_key:
+        raise _no_result(row)
+    filename = f"{row.id}.mp4"
+    path = ctx.storage.local_path(row.result_key)
+    if path is not None:
+        if not path.exists():
+            raise ReelgenError(ErrorCode.NO_RESULT, "The result file is not available.")
+        return ResultFile(key=row.result_key, size=path.stat().st_size, filename=filename, path=path)
+    try:
+        size = ctx.storage.size(row.result_key)
+    except ReelgenError:
+        raise ReelgenError(ErrorCode.NO_RESULT, "The result file is not available.") from None
+    return ResultFile(key=row.result_key, size=size, filename=filename)
+
+
+def result_for_owner(ctx: Context, account_id: str, task_id: str) -> ResultFile:
+    """The MP4 of the caller's own completed task (``?mode=proxy``)."""
+    row, _, _ = owned_task(ctx, account_id, task_id)
+    return _result_file(ctx, row)
+
+
+def result_for_token(ctx: Context, task_id: str, expires: str | None, token: str | None) -> ResultFile:
+    """The MP4 behind a signed URL; an expired or forged token answers like an unknown file."""
+    if not valid_token(ctx, task_id, expires, token):
+        raise ReelgenError(ErrorCode.INVALID_TOKEN, "This download link is invalid or has expired.")
+    row = ctx.db.run(lambda conn: tasks.get(conn, task_id))
+    if row is None:
+        raise ReelgenError(ErrorCode.NOT_FOUND, "Not found.")
+    return _result_file(ctx, row)

@@ -1,0 +1,328 @@
+"""Tasks: submit (validate, price, reserve, create, in one transaction), read, list, cancel, estimate
+and follow (the events behind ``/tasks/{id}/events``).
+
+Money moves only in ``store.ledger`` / ``store.tasks``: the hold is reserved here, in the
+transaction that creates the task; the worker's finish captures or releases it in the transaction
+that ends the task. Another account's task answers exactly like an unknown id (no existence oracle).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Connection
+
+from reelgen import pricing, progress, webhooks
+from reelgen.domain import TaskStatus
+from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.safehttp import FetchPolicy
+from reelgen.schemas import GenerateRequest, parse_generate
+from reelgen.service.admission import limits_of
+from reelgen.service.context import Context
+from reelgen.service.links import signed_file_url
+from reelgen.store import idempotency, ledger, limits, tasks, uploads
+from reelgen.views import iso, task_object
+
+__all__ = [
+    "CURSOR_PATTERN",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "TaskEvent",
+    "cancel",
+    "estimate",
+    "get_task",
+    "list_tasks",
+    "owned_task",
+    "submit",
+    "task_events",
+    "task_view",
+]
+
+#: ``GET /api/v1/tasks``: page size when none is given, and the most one page may hold.
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+#: A page cursor: the last task's creation time (microseconds since the epoch) and id. Clients treat
+#: it as opaque; every string of this shape is a valid position, so any cursor the pattern admits works.
+CURSOR_PATTERN = r"^[0-9]{1,16}-[0-9a-f]{32}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: ``GET /api/v1/tasks/{id}/events``: how often the store is polled, and the keep-alive interval.
+EVENT_POLL_SECONDS = 0.5
+KEEPALIVE_SECONDS = 15.0
+
+
+# --------------------------------------------------------------------------------------------
+# Submit
+# --------------------------------------------------------------------------------------------
+def _validated(ctx: Context, body: Any) -> tuple[GenerateRequest, int]:
+    """The parsed request and its price, or the contract's validation errors (nothing is written)."""
+    request = parse_generate(body)
+    inp = request.input
+    if not ctx.profile.min_duration <= inp.duration <= ctx.profile.max_duration:
+        raise ReelgenError(
+            ErrorCode.INVALID_INPUT,
+            f"Invalid input: input.duration: this server serves {ctx.profile.min_duration}-"
+            f"{ctx.profile.max_duration} s",
+            details=[
+                {
+                    "field": "input.duration",
+                    "message": f"must be {ctx.profile.min_duration}-{ctx.profile.max_duration}",
+                }
+            ],
+        )
+    return request, pricing.credits_for(inp, ctx.profile)
+
+
+def submit(ctx: Context, account_id: str, body: Any, *, idempotency_key: str | None = None) -> dict[str, Any]:
+    """Validate, price, and in ONE transaction create the task and reserve its price.
+
+    With an ``idempotency_key`` the key and the response are stored in that same transaction; a
+    repeat with the same body within 24 h gets the stored response (nothing new is created or
+    held), one with another body gets ``IDEMPOTENCY_KEY_REUSED``. Requests refused before the
+    transaction commits (validation, credits) store nothing, so a corrected retry may reuse the key.
+    """
+    key = idempotency.validate_key(idempotency_key) if idempotency_key is not None else None
+    request, price = _validated(ctx, body)
+    inp = request.input
+    callback_url = None
+    if request.callback_url is not None:
+        callback_url = webhooks.validate_callback_url(request.callback_url, FetchPolicy.from_settings(ctx.settings))
+    digest = idempotency.request_hash(body) if key is not None else ""
+    stored_input = inp.model_dump(mode="json", exclude_none=True)
+    klass = progress.request_class(ctx.profile.name, request.model, inp)
+    seed = secrets.randbelow(2**31)
+
+    def create(conn: Connection) -> tuple[dict[str, Any], bool]:
+        now = ctx.clock()
+        if key is not None:
+            replay = idempotency.begin(conn, account_id, key, digest, now)
+            if replay is not None:
+                return replay.data, False
+        _check_uploads(conn, account_id, inp.image_urls)
+        # the cap is checked under the account lock, before the hold: a refused submit holds nothing
+        limits.check_active(conn, account_id, limits_of(ctx, conn, account_id).max_active_tasks)
+        row = tasks.create(
+            conn,
+            account_id=account_id,
+            model=request.model,
+            profile=ctx.profile.name,
+            input=stored_input,
+            prompt=inp.prompt,
+            price=price,
+            seed=seed,
+            max_attempts=ctx.settings.max_attempts,
+            now=now,
+            request_class=klass,
+            callback_url=callback_url,
+        )
+        remaining = ledger.reserve(conn, account_id, row.id, price, now)
+        data = {
+            "id": row.id,
+            "model": row.model,
+            "status": row.status.value,
+            "creditsUsed": price,
+            "creditsRemaining": remaining,
+            "createdAt": iso(row.created_at),
+        }
+        if key is not None:
+            idempotency.finish(conn, account_id, key, 200, data, row.id)
+        return data, True
+
+    data, created = ctx.db.run(create, immediate=True)
+    if created and ctx.on_submit is not None:
+        ctx.on_submit()
+    return data
+
+
+def _check_uploads(conn: Connection, account_id: str, image_urls: tuple[str, ...] | None) -> None:
+    """Every upload URL must name one of the caller's uploads (else ``INVALID_INPUT``)."""
+    for i, url in enumerate(image_urls or ()):
+        if not url.startswith(uploads.SCHEME):
+            continue
+        upload_id = uploads.parse_url(url)
+        found = uploads.get(conn, upload_id) if upload_id else None
+        if found is None or found.account_id != account_id:
+            message = "no such upload (use the url returned by POST /api/v1/upload)"
+            raise ReelgenError(
+                ErrorCode.INVALID_INPUT,
+                f"Invalid input: input.image_urls.{i}: {message}",
+                details=[{"field": f"input.image_urls.{i}", "message": message}],
+            )
+
+
+def estimate(ctx: Context, account_id: str, body: Any) -> dict[str, Any]:
+    """What ``submit`` would charge for ``body`` and how long it would likely take; writes nothing."""
+    del account_id  # prices are the same for every account; the key is still required
+    request, price = _validated(ctx, body)
+    klass = progress.request_class(ctx.profile.name, request.model, request.input)
+    workers = len(ctx.settings.device_list)
+    eta = ctx.db.run(lambda conn: progress.eta_for_new(conn, klass, ctx.profile.name, workers))
+    return {"model": request.model, "credits": price, "etaSeconds": eta}
+
+
+# --------------------------------------------------------------------------------------------
+# Read
+# --------------------------------------------------------------------------------------------
+def owned_task(ctx: Context, account_id: str, task_id: str) -> tuple[tasks.TaskRow, int | None, int | None]:
+    """The caller's task, its queue position and its ETA; ``TASK_NOT_FOUND`` for anyone else's."""
+
+    def read(conn: Connection) -> tuple[tasks.TaskRow | None, int | None, int | None]:
+        row = tasks.get(conn, task_id)
+        if row is None or row.account_id != account_id:
+            return None, None, None
+        pos = tasks.queue_position(conn, task_id) if row.status == TaskStatus.PENDING else None
+        return row, pos, progress.eta_for_task(conn, row, pos, len(ctx.settings.device_list))
+
+    row, pos, eta = ctx.db.run(read)
+    # Another account's task answers exactly like an unknown id: no existence oracle.
+    if row is None:
+        raise ReelgenError(ErrorCode.TASK_NOT_FOUND, "Task not found.")
+    return row, pos, eta
+
+
+def task_view(
+    ctx: Context,
+    row: tasks.TaskRow,
+    base_url: str,
+    queue_position: int | None = None,
+    eta_seconds: int | None = None,
+) -> dict[str, Any]:
+    """The API's task object (``views.task_object``) with a signed link to its result, if any."""
+    url = None
+    if row.status == TaskStatus.COMPLETED and row.result_key:
+        url = signed_file_url(ctx, row.id, base_url)[0]
+    return task_object(row, url, queue_position, eta_seconds)
+
+
+def get_task(ctx: Context, account_id: str, task_id: str, base_url: str) -> dict[str, Any]:
+    row, pos, eta = owned_task(ctx, account_id, task_id)
+    return task_view(ctx, row, base_url, pos, eta)
+
+
+def cancel(ctx: Context, account_id: str, task_id: str, base_url: str) -> dict[str, Any]:
+    """Cancel the caller's pending or processing task and release its hold (see ``tasks.cancel``)."""
+
+    def go(conn: Connection) -> tasks.TaskRow | None:
+        row = tasks.get(conn, task_id)
+        if row is None or row.account_id != account_id:
+            return None
+        return tasks.cancel(conn, task_id, ctx.clock())
+
+    row = ctx.db.run(go, immediate=True)
+    if row is None:
+        raise ReelgenError(ErrorCode.TASK_NOT_FOUND, "Task not found.")
+    return task_view(ctx, row, base_url, None, 0)
+
+
+def _invalid_param(field_name: str, message: str) -> ReelgenError:
+    return ReelgenError(
+        ErrorCode.INVALID_INPUT,
+        f"Invalid {field_name}: {message}",
+        details=[{"field": f"query.{field_name}", "message": message}],
+    )
+
+
+def _encode_cursor(row: tasks.TaskRow) -> str:
+    micros = (row.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}-{row.id}"
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise _invalid_param("cursor", "not a cursor from a previous page")
+    micros, last_id = cursor.split("-")
+    return _EPOCH + timedelta(microseconds=int(micros)), last_id
+
+
+def list_tasks(
+    ctx: Context,
+    account_id: str,
+    base_url: str,
+    *,
+    status: str | None = None,
+    limit: int = DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """The caller's tasks, newest first: ``{tasks: [...], nextCursor}`` (``nextCursor`` null on the last page).
+
+    The cursor is the (created_at, id) of the last task shown, so pages stay stable while new
+    tasks arrive.
+    """
+    if status is not None and status not in TaskStatus._value2member_map_:
+        raise _invalid_param("status", f"one of {', '.join(s.value for s in TaskStatus)}")
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise _invalid_param("limit", f"must be 1-{MAX_PAGE_SIZE}")
+    before = _decode_cursor(cursor) if cursor else None
+    workers = len(ctx.settings.device_list)
+
+    def read(conn: Connection) -> list[tuple[tasks.TaskRow, int | None, int | None]]:
+        # one extra row says whether another page follows; a fixed number of queries per page
+        rows = tasks.list_for_account(conn, account_id, status=status, limit=limit + 1, before=before)
+        positions = tasks.queue_positions(conn, [row.id for row in rows if row.status == TaskStatus.PENDING])
+        placed = [(row, positions.get(row.id)) for row in rows]
+        etas = progress.eta_for_tasks(conn, placed, workers)
+        return [(row, pos, eta) for (row, pos), eta in zip(placed, etas, strict=True)]
+
+    found = ctx.db.run(read)
+    page = found[:limit]
+    more = len(found) > limit
+    return {
+        "tasks": [task_view(ctx, row, base_url, pos, eta) for row, pos, eta in page],
+        "nextCursor": _encode_cursor(page[-1][0]) if more and page else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Follow
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskEvent:
+    """One event of a followed task: its ``status`` changed, or only its ``progress`` (progress,
+    queue position or ETA); ``keep-alive`` when nothing changed for a while (``task`` is None)."""
+
+    kind: Literal["status", "progress", "keep-alive"]
+    task: dict[str, Any] | None = None
+
+
+async def task_events(
+    ctx: Context,
+    account_id: str,
+    task_id: str,
+    base_url: str,
+    *,
+    poll_seconds: float = EVENT_POLL_SECONDS,
+    keepalive_seconds: float = KEEPALIVE_SECONDS,
+) -> AsyncIterator[TaskEvent]:
+    """The caller's task as a stream of events (see ``TaskEvent``), ending after the event that shows
+    a terminal status. Ownership is checked before the stream starts, so an unknown or foreign id is
+    an ordinary ``TASK_NOT_FOUND``. The HTTP layer frames the events (``api/sse.py``).
+    """
+    import anyio.to_thread
+
+    def view() -> dict[str, Any]:
+        return get_task(ctx, account_id, task_id, base_url)
+
+    first = await anyio.to_thread.run_sync(view)
+
+    async def stream() -> AsyncIterator[TaskEvent]:
+        current, sent = first, None
+        quiet_since = time.monotonic()
+        while True:
+            key = (current["status"], current["progress"], current["queuePosition"], current["etaSeconds"])
+            if sent is None or key != sent:
+                yield TaskEvent("status" if sent is None or sent[0] != key[0] else "progress", current)
+                sent, quiet_since = key, time.monotonic()
+                if TaskStatus(current["status"]).is_terminal:
+                    return
+            elif time.monotonic() - quiet_since >= keepalive_seconds:
+                yield TaskEvent("keep-alive")
+                quiet_since = time.monotonic()
+            await anyio.sleep(poll_seconds)
+            current = await anyio.to_thread.run_sync(view)
+
+    return stream()

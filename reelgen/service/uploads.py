@@ -1,0 +1,80 @@
+"""Uploads: store an input image after the same checks as a fetched one, then record who owns it.
+
+The object is stored before its row (a row must never name a missing object); if the row cannot be
+written, the object is deleted again, so nothing is orphaned.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from typing import Any
+
+from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.service.context import Context
+from reelgen.store import uploads
+
+__all__ = ["upload"]
+
+
+def upload(ctx: Context, account_id: str, data: bytes) -> dict[str, Any]:
+    """Store an input image after the same checks as a fetched one (size, type, pixels, ratio);
+    returns ``{id, url, format, width, height, size}`` where ``url`` (``reelgen-upload://<id>``)
+    is usable in this account's ``image_urls``."""
+    from reelgen.inputs import decode_image
+
+    limit = ctx.settings.max_image_bytes
+    if len(data) > limit:
+        raise ReelgenError(ErrorCode.PAYLOAD_TOO_LARGE, f"The image is larger than {limit} bytes.")
+    if not data:
+        raise _invalid_upload("the request body is empty: send the image bytes, or a multipart field 'file'")
+    try:
+        image = decode_image(data)
+    except ReelgenError as exc:  # the task-failure codes become a request error here
+        raise _invalid_upload(exc.message) from None
+    fmt = _image_format(data)
+    upload_id = uuid.uuid4().hex
+    key = uploads.storage_key(upload_id)
+    scratch = ctx.storage.temp_path(f"upload-{upload_id}")
+    try:
+        scratch.write_bytes(data)
+        ctx.storage.put(key, scratch)
+    finally:
+        scratch.unlink(missing_ok=True)
+    row = uploads.Upload(
+        id=upload_id,
+        account_id=account_id,
+        key=key,
+        format=fmt,
+        size=len(data),
+        width=image.width,
+        height=image.height,
+        created_at=ctx.clock(),
+    )
+    try:
+        ctx.db.run(lambda conn: uploads.create(conn, row), immediate=True)
+    except BaseException:
+        # no row will ever name the object: remove it now, or it is orphaned for good
+        ctx.storage.delete(key)
+        raise
+    return {
+        "id": upload_id,
+        "url": uploads.url_for(upload_id),
+        "format": fmt.lower(),
+        "width": image.width,
+        "height": image.height,
+        "size": len(data),
+    }
+
+
+def _invalid_upload(message: str) -> ReelgenError:
+    return ReelgenError(
+        ErrorCode.INVALID_INPUT, f"Invalid image: {message}", details=[{"field": "file", "message": message}]
+    )
+
+
+def _image_format(data: bytes) -> str:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return str(img.format)
