@@ -158,6 +158,10 @@ class Job:
     def seconds(self) -> int:
         return sum(s.seconds for s in self.segments)
 
+    def image(self, which: str) -> Image.Image | None:
+        """The image a ``Condition`` names: ``start`` or ``end``."""
+        return self.start_image if which == "start" else self.end_image
+
     @property
     def total_steps(self) -> int:
         """Denoising steps across all segments and stages (for progress)."""
@@ -194,8 +198,7 @@ def _without_audio_only_rows(guidance: dict[str, Any]) -> dict[str, Any]:
     the audio (its video knob is off) is dropped; rows the video uses stay exactly as they are."""
     g = dict(guidance)
     for video, audio, off in _AUDIO_ONLY_ROWS:
-        video_off = g[video] <= 1.0 if off == 1.0 else g[video] <= 0.0
-        if video_off:
+        if g[video] <= off:  # the video knob asks for no row of its own
             g[audio] = off
     if g["stg_scale"] <= 0 and g["audio_stg_scale"] <= 0:
         g["spatio_temporal_guidance_blocks"] = None

@@ -235,7 +235,7 @@ class LTX2Engine:
                     f"{stage.name}: STG blocks {blocks} outside the transformer's 0-{self.num_layers - 1}",
                 )
             for c in stage.conditions:
-                if (job.start_image if c.image == "start" else job.end_image) is None:
+                if job.image(c.image) is None:
                     raise ReelgenError(ErrorCode.INVALID_INPUT, f"the plan conditions on a {c.image} image; none given")
                 if not 0 <= c.pixel_frame < segment.num_frames:
                     raise ReelgenError(
@@ -329,7 +329,7 @@ class LTX2Engine:
         last = segment.stages[-1]
         out = []
         for c in stage.conditions:
-            image: Image.Image | None = job.start_image if c.image == "start" else job.end_image
+            image = job.image(c.image)
             assert image is not None  # checked by _check
             fitted = image if image.size == (job.width, job.height) else _fit(image, job.width, job.height)
             padded = conditions.pad_to(fitted, last.width, last.height)
