@@ -180,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="with --local: cpu or cuda:N (default: cuda:0 if present)")
     p.add_argument("--seed", type=int, default=0, help="with --local: the generation seed")
     p.add_argument(
+        "--devices",
+        default=None,
+        help="with --local: one task on a device group, e.g. cuda:0,cuda:1 or cpu,cpu (one process each)",
+    )
+    p.add_argument(
+        "--parallel",
+        default=None,
+        help="with --devices: cfg=N,ulysses=N,ring=N (default: the profile's parallel, else cfg=len(devices))",
+    )
+    p.add_argument(
         "--plan",
         action="store_true",
         help="print the plan of the request as JSON (stages, sizes, sigmas, guidance, LoRAs, conditions) "
