@@ -67,7 +67,7 @@ def test_parallel_spec_parsing_and_checks(profiles_file: Path) -> None:
     profile = guided(profiles_file)
     assert ParallelSpec.of(profile, None, ["cpu", "cpu"]) == ParallelSpec(cfg=2)
     with pytest.raises(ReelgenError, match="needs 4 devices; 2 listed"):
-        ParallelSpec.of(profile, "cfg=2,ulysses=2", ["cpu", "cpu"])
+        ParallelSpec.of(profile, "cfg=4", ["cpu", "cpu"])
     assert parse_devices("cpu,cpu") == ["cpu", "cpu"]
     for bad in ["gpu0", "cuda:0,cuda:0", "cuda:0,cpu"]:
         with pytest.raises(ReelgenError) as err:
@@ -230,3 +230,98 @@ def test_a_group_that_does_not_fit_the_devices_is_refused(profiles_file: Path, t
     args += ["--devices", "cpu,cpu", "--parallel", "cfg=4", "-o", str(tmp_path / "x.mp4")]
     assert main(args) != 0
     assert not (tmp_path / "x.mp4").exists()
+
+
+# -- sequence parallelism: what gloo has, what diffusers lacks --------------------------------------------
+def _mesh_rank(rank: int, devices: list[str], port: int, spec: ParallelSpec, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    group = init_group(rank, devices, spec, port)
+    try:
+        mine = torch.tensor([rank])
+        cfg_peers = [torch.zeros(1, dtype=torch.int64) for _ in range(spec.cfg)]
+        dist.all_gather(cfg_peers, mine, group=group.cfg_group)
+        seq_mesh = group.mesh["ring", "ulysses"]._flatten()
+        seq_peers = [torch.zeros(1, dtype=torch.int64) for _ in range(spec.sequence)]
+        dist.all_gather(seq_peers, mine, group=seq_mesh.get_group())
+        record = {
+            "cfg_rank": group.cfg_rank,
+            "cfg_peers": [int(t) for t in cfg_peers],
+            "sequence_peers": [int(t) for t in seq_peers],
+            "ring_rank": group.mesh["ring"].get_local_rank(),
+            "ulysses_rank": group.mesh["ulysses"].get_local_rank(),
+        }
+        Path(f"{out}.{rank}").write_text(json.dumps(record))
+    finally:
+        leave_group()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [ParallelSpec(cfg=2, ulysses=2), ParallelSpec(cfg=2, ring=2)],
+    ids=["cfg2xulysses2", "cfg2xring2"],
+)
+def test_group_mesh_arithmetic_on_four_processes(spec: ParallelSpec, tmp_path: Path) -> None:
+    out = str(tmp_path / "mesh")
+    run_group(["cpu"] * 4, _mesh_rank, spec, out)
+    for rank in range(4):
+        got = json.loads(Path(f"{out}.{rank}").read_text())
+        # rank = cfg_rank * (ring * ulysses) + sequence index: guidance peers share the sequence index
+        assert got["cfg_rank"] == rank // 2
+        assert got["cfg_peers"] == [rank % 2, rank % 2 + 2]
+        assert got["sequence_peers"] == [rank // 2 * 2, rank // 2 * 2 + 1]
+        assert (got["ulysses_rank"] if spec.ulysses > 1 else got["ring_rank"]) == rank % 2
+
+
+def _attention_rank(rank: int, devices: list[str], port: int, mode: str, out: str) -> None:
+    import torch
+    from diffusers import ContextParallelConfig
+    from diffusers.models._modeling_parallel import ParallelConfig
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    spec = ParallelSpec(ulysses=2) if mode == "ulysses" else ParallelSpec(ring=2)
+    group = init_group(rank, devices, spec, port)
+    try:
+        cp = ContextParallelConfig(ulysses_degree=spec.ulysses, ring_degree=spec.ring)
+        config = ParallelConfig(context_parallel_config=cp)
+        config.setup(rank, 2, torch.device("cpu"), mesh=group.mesh["ring", "ulysses"])
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(2, 16, 4, 8, generator=gen) for _ in range(3))  # batch, tokens, heads, dim
+        full = dispatch_attention_fn(q, k, v, backend="native")
+        mine = slice(rank * 8, rank * 8 + 8)  # this rank's share of the sequence
+        try:
+            part = dispatch_attention_fn(q[:, mine], k[:, mine], v[:, mine], backend="native", parallel_config=config)
+            record: dict[str, Any] = {"max_diff": float((part - full[:, mine]).abs().max())}
+        except ValueError as exc:
+            record = {"refused": str(exc)}
+        Path(f"{out}.{rank}").write_text(json.dumps(record))
+    finally:
+        leave_group()
+
+
+def test_ulysses_attention_runs_on_gloo_and_matches_one_process(tmp_path: Path) -> None:
+    # diffusers' Ulysses all-to-all (all_to_all_single) on gloo: the sequence-split attention equals
+    # the whole one; what stops LTX-2 is diffusers' plan and mask sharding, not gloo
+    out = str(tmp_path / "ulysses")
+    run_group(["cpu", "cpu"], _attention_rank, "ulysses", out)
+    for rank in range(2):
+        assert json.loads(Path(f"{out}.{rank}").read_text()) == {"max_diff": 0.0}
+
+
+def test_ring_attention_needs_a_cuda_backend(tmp_path: Path) -> None:
+    # ring's all_gather exists on gloo (the mesh test uses it); diffusers' native attention cannot
+    # give the log-sum-exp that ring needs, so on CPU the ring step is refused by diffusers itself
+    out = str(tmp_path / "ring")
+    run_group(["cpu", "cpu"], _attention_rank, "ring", out)
+    for rank in range(2):
+        assert "return_lse" in json.loads(Path(f"{out}.{rank}").read_text())["refused"]
+
+
+@pytest.mark.parametrize("flag", ["cfg=1,ulysses=2", "ring=2", "cfg=2,ulysses=2"])
+def test_sequence_parallel_for_ltx2_is_refused_with_the_reason(profiles_file: Path, flag: str) -> None:
+    devices = ["cpu"] * ParallelSpec.parse(flag).world
+    with pytest.raises(ReelgenError) as err:
+        ParallelSpec.of(guided(profiles_file), flag, devices)
+    assert err.value.code == ErrorCode.INVALID_SETTINGS
+    assert "huggingface/diffusers#14316" in err.value.message

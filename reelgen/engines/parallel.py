@@ -116,6 +116,7 @@ class ParallelSpec:
         spec = cls.parse(flag) if flag else cls.parse(profile.extra.get("parallel"))
         if not flag and "parallel" not in profile.extra and len(devices) > 1:
             spec = cls(cfg=len(devices))
+        check_spec(spec)
         if spec.world != len(devices):
             raise ReelgenError(
                 ErrorCode.INVALID_SETTINGS,
@@ -283,12 +284,40 @@ def _is_rows(value: Any, rows: int) -> bool:
     return isinstance(value, torch.Tensor) and value.ndim > 0 and int(value.shape[0]) == rows
 
 
+#: why diffusers' context parallelism cannot run LTX-2 yet (checked with diffusers 0.42.1)
+SEQUENCE_PARALLEL_BLOCKERS = {
+    "ulysses": (
+        "diffusers' LTX-2 context-parallel plan is LTX-1's (no audio stream, 1 of 4 RoPE modules, wrong RoPE "
+        "axis for the released 'split' RoPE: huggingface/diffusers#14316) and its Ulysses attention does not "
+        "shard a per-head attention mask (the fix is the open huggingface/diffusers#14317)"
+    ),
+    "ring": (
+        "diffusers' ring attention needs the attention's log-sum-exp, which only its CUDA backends give "
+        "(flash, sage, _native_cudnn, _native_flash); and LTX-2's plan has the same gaps as for ulysses "
+        "(huggingface/diffusers#14316)"
+    ),
+}
+
+
 def enable_sequence_parallel(transformer: Any, group: Group) -> None:
-    """diffusers' context parallelism on the group's ``ring x ulysses`` sub-mesh (see the module doc)."""
-    raise ReelgenError(
-        ErrorCode.INVALID_SETTINGS,
-        f"parallel {group.spec.as_text()}: sequence parallelism is not available for LTX-2 here (docs/deploy.md)",
-    )
+    """diffusers' context parallelism on the group's ``ring x ulysses`` sub-mesh, once diffusers can
+    run it for LTX-2; until then the refusal of ``check_spec``, saying which piece is missing.
+
+    What gloo has is not the blocker: diffusers' Ulysses attention (``all_to_all_single``) runs on
+    gloo and matches one process exactly, and ring's ``allgather`` rotation is an ``all_gather``,
+    which gloo has (tests/test_parallel.py runs both collectives and the group's mesh on gloo)."""
+    check_spec(group.spec)
+
+
+def check_spec(spec: ParallelSpec) -> None:
+    """Refuse, before any process starts, a group this build cannot run (see ``enable_sequence_parallel``)."""
+    modes = [m for m in ("ulysses", "ring") if getattr(spec, m) > 1]
+    if modes:
+        raise ReelgenError(
+            ErrorCode.INVALID_SETTINGS,
+            f"parallel {spec.as_text()}: sequence parallelism for LTX-2 is not available: "
+            + "; ".join(f"{m}: {SEQUENCE_PARALLEL_BLOCKERS[m]}" for m in modes),
+        )
 
 
 def attach(engine: Any, group: Group) -> GuidanceSplit | None:
