@@ -12,6 +12,7 @@ from typing import Any
 
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.service.context import Context
+from reelgen.storage.base import room_to_write
 from reelgen.store import uploads
 
 __all__ = ["upload"]
@@ -35,12 +36,13 @@ def upload(ctx: Context, account_id: str, data: bytes) -> dict[str, Any]:
     fmt = _image_format(data)
     upload_id = uuid.uuid4().hex
     key = uploads.storage_key(upload_id)
-    scratch = ctx.storage.temp_path(f"upload-{upload_id}")
-    try:
-        scratch.write_bytes(data)
-        ctx.storage.put(key, scratch)
-    finally:
-        scratch.unlink(missing_ok=True)
+    with room_to_write():  # a full or read-only disk: 503 with Retry-After
+        scratch = ctx.storage.temp_path(f"upload-{upload_id}")
+        try:
+            scratch.write_bytes(data)
+            ctx.storage.put(key, scratch)
+        finally:
+            scratch.unlink(missing_ok=True)
     row = uploads.Upload(
         id=upload_id,
         account_id=account_id,
