@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     allow_private_image_hosts: bool = False
     image_fetch_timeout_seconds: float = 20.0
     max_image_bytes: int = 20 * 1024 * 1024
+    upload_quota_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=0, description="bytes of uploaded images one account may keep; 0 = unlimited"
+    )
     metrics_token: str | None = Field(default=None, description="bearer token for /metrics; unset = open")
     # per-account defaults (operators override them per account: `reelgen keys limits`); 0 = unlimited
     rate_limit_rpm: int = Field(default=600, ge=0, description="requests per minute, per API process")

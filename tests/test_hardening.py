@@ -274,3 +274,24 @@ def test_error_messages_name_no_exception_class(client: TestClient, rich: Accoun
     )
     error = assert_error(r, 400, "INVALID_INPUT")
     assert "Error" not in error["message"] and "Unidentified" not in r.text
+
+
+# ------------------------------------------------------------------ also seen: upload quota
+def test_upload_quota_per_account(tmp_path: Path, db: Any) -> None:
+    from reelgen.api.app import create_app
+    from tests.api_fixtures import make_ctx, make_settings
+
+    png = _png()
+    ctx = make_ctx(make_settings(tmp_path, db, upload_quota_bytes=2 * len(png) + 10), db)
+    one, two = make_account(ctx, credits=10, name="one"), make_account(ctx, credits=10, name="two")
+    with TestClient(create_app(ctx.settings, start_executor=False, ctx=ctx)) as client:
+        for _ in range(2):
+            assert client.post("/api/v1/upload", content=png, headers=one.headers).status_code == 200
+        error = assert_error(
+            client.post("/api/v1/upload", content=png, headers=one.headers), 413, "UPLOAD_QUOTA_EXCEEDED"
+        )
+        assert str(2 * len(png) + 10) in error["message"]
+        # the quota is per account, and nothing of the refused upload was stored
+        assert client.post("/api/v1/upload", content=png, headers=two.headers).status_code == 200
+        stored = ctx.storage.local_path("uploads/x")
+        assert stored is not None and len(list(stored.parent.iterdir())) == 3

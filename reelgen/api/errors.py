@@ -40,6 +40,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.NO_RESULT: 409,
     ErrorCode.NOT_CANCELLABLE: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UPLOAD_QUOTA_EXCEEDED: 413,
     ErrorCode.RANGE_NOT_SATISFIABLE: 416,
     ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,
     ErrorCode.RATE_LIMITED: 429,
