@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     port: int = 8000
     public_base_url: str | None = Field(default=None, description="default: the URL a request came in on")
     max_body_bytes: int = 8 * 1024 * 1024
+    request_read_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="a request (headers and body) must arrive whole within this; else 408"
+    )
     # models
     profile: str = "ltx-2-tiny"
     profiles_file: Path | None = None

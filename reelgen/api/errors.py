@@ -39,6 +39,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.NO_RESULT: 409,
     ErrorCode.NOT_CANCELLABLE: 409,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UPLOAD_QUOTA_EXCEEDED: 413,
     ErrorCode.RANGE_NOT_SATISFIABLE: 416,
