@@ -70,14 +70,13 @@ def mp4_response(result: ResultFile, range_header: str | None, *, head: bool = F
         span = parse_range(range_header, size)
     except Unsatisfiable:
         result.file.close()
-        refused = error_response(
+        return error_response(
             ReelgenError(
                 ErrorCode.RANGE_NOT_SATISFIABLE,
                 f"The requested range is outside the file ({size} bytes).",
                 headers={**headers, "Content-Range": f"bytes */{size}"},
             )
         )
-        return refused
     start, end = span if span is not None else (0, size - 1)
     length = max(0, end - start + 1)
     headers["Content-Length"] = str(length)
