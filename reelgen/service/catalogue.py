@@ -57,14 +57,17 @@ def metrics(ctx: Context, token: str | None, local_workers: int | None) -> bytes
 
 def ready(ctx: Context) -> dict[str, Any]:
     """Readiness: the database answers and has not refused a write lately (disk full, read-only),
-    and the storage's scratch directory takes a file. Raises SERVICE_UNAVAILABLE otherwise."""
+    and the storage's scratch directory takes a file (raises SERVICE_UNAVAILABLE otherwise).
+    ``workers`` counts the live workers of this profile, wherever they run: ``loading`` ones are
+    still loading weights or warming up (compiling) and claim nothing yet; ``ready`` ones claim tasks."""
     import os
+    from datetime import timedelta
 
-    from sqlalchemy import text
-
+    from reelgen.store import workers
     from reelgen.store.db import UNWRITABLE_MESSAGE, UNWRITABLE_RETRY_SECONDS
 
-    ctx.db.run(lambda conn: conn.execute(text("SELECT 1")).scalar_one())
+    stale = timedelta(seconds=ctx.settings.lease_seconds)
+    counts = ctx.db.run(lambda conn: workers.count(conn, profile=ctx.profile.name, now=ctx.clock(), stale_after=stale))
     if ctx.db.refused_write_recently():
         raise ReelgenError(
             ErrorCode.SERVICE_UNAVAILABLE, UNWRITABLE_MESSAGE, headers={"Retry-After": str(UNWRITABLE_RETRY_SECONDS)}
@@ -75,4 +78,4 @@ def ready(ctx: Context) -> dict[str, Any]:
             probe.write_bytes(b"ready")
         finally:
             probe.unlink(missing_ok=True)
-    return {"status": "ready", "profile": ctx.profile.name, "randomWeights": ctx.profile.is_tiny}
+    return {"status": "ready", "profile": ctx.profile.name, "randomWeights": ctx.profile.is_tiny, "workers": counts}
