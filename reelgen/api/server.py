@@ -19,7 +19,6 @@ from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from reelgen.api.errors import envelope
 from reelgen.errors import ErrorCode
@@ -77,14 +76,20 @@ class _ReadDeadline:
         super().connection_lost(exc)  # type: ignore[misc]
 
 
-class _HttpToolsReadDeadline(_ReadDeadline, HttpToolsProtocol):
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._arm()
+def _httptools_read_deadline() -> type[_ReadDeadline]:
+    # imported here: httptools is in uvicorn[standard], not in every uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    def on_message_complete(self) -> None:
-        self._disarm()
-        super().on_message_complete()
+    class _HttpToolsReadDeadline(_ReadDeadline, HttpToolsProtocol):
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+    return _HttpToolsReadDeadline
 
 
 class _H11ReadDeadline(_ReadDeadline, H11Protocol):
@@ -100,7 +105,7 @@ class _H11ReadDeadline(_ReadDeadline, H11Protocol):
 def read_deadline_protocol(timeout: float, kind: str = "httptools") -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol class (``httptools`` or ``h11``) with a ``timeout``-second deadline
     for reading each request."""
-    base: type[_ReadDeadline] = _HttpToolsReadDeadline if kind == "httptools" else _H11ReadDeadline
+    base: type[_ReadDeadline] = _httptools_read_deadline() if kind == "httptools" else _H11ReadDeadline
     protocol: type[asyncio.Protocol] = type(base.__name__, (base,), {"read_timeout": float(timeout)})
     return protocol
 
