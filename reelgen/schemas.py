@@ -32,6 +32,10 @@ IMAGE_TO_VIDEO = "kling-3-0-image-to-video"
 MODEL_IDS = (TEXT_TO_VIDEO, IMAGE_TO_VIDEO)
 MAX_PROMPT_CHARS = 2500
 MIN_DURATION, MAX_DURATION = 3, 15
+#: The most credits any amount may be: a grant, a price, a balance or an account's lifetime total.
+#: Far below 2**63 (every database column and sum stays an exact integer) and below 2**53 (a
+#: float, JSON's number in many clients, still holds it exactly).
+MAX_CREDITS = 10**15
 #: ``image_urls`` entries naming an image uploaded to this server (``POST /api/v1/upload``):
 #: ``reelgen-upload://<32 hex digits>``. Defined here only; the server and the SDK import it.
 UPLOAD_URL_PREFIX = "reelgen-upload://"

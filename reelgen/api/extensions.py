@@ -4,7 +4,6 @@ function, render; no SQL, pricing or HTTPException here."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -13,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from reelgen import service
-from reelgen.api.auth import CurrentAccount, bearer_token
+from reelgen.api.auth import CurrentAccount, authorization_header, bearer_token
+from reelgen.api.body import loads as load_json
 from reelgen.api.routes import GENERATE_BODY, base_url, ctx_of, ok
 from reelgen.api.sse import frames
 from reelgen.errors import ErrorCode, ReelgenError
@@ -24,10 +24,7 @@ TaskStatusName = Literal["pending", "processing", "completed", "failed", "cancel
 
 
 async def json_body(request: Request) -> Any:
-    try:
-        return json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise ReelgenError(ErrorCode.INVALID_JSON, "The request body is not valid JSON.") from None
+    return load_json(await request.body())
 
 
 @router.get("/api/v1/tasks", tags=["tasks"])
@@ -140,6 +137,6 @@ def metrics(request: Request) -> Response:
     from reelgen.metrics import CONTENT_TYPE
 
     pids = getattr(request.app.state.executor, "pids", None)
-    token = bearer_token(request.headers.get("authorization"))
+    token = bearer_token(authorization_header(request))
     body = service.metrics(ctx_of(request), token, len(pids()) if pids else None)
     return Response(body, media_type=CONTENT_TYPE)

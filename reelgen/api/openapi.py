@@ -67,11 +67,13 @@ _DESCRIPTIONS = {
     403: "Forbidden",
     404: "No such task for this key (TASK_NOT_FOUND), or no such route (NOT_FOUND)",
     409: "The task has no result yet (NO_RESULT) or cannot be cancelled (NOT_CANCELLABLE)",
-    413: "The request body is over the server's limit (PAYLOAD_TOO_LARGE)",
-    416: "The requested byte range is outside the file",
+    413: "The request body is over the server's limit (PAYLOAD_TOO_LARGE), or an upload would pass the "
+    "account's upload quota (UPLOAD_QUOTA_EXCEEDED)",
+    416: "The requested byte range is outside the file (RANGE_NOT_SATISFIABLE)",
     422: "The Idempotency-Key was used with another body (IDEMPOTENCY_KEY_REUSED)",
     429: "Too many requests (RATE_LIMITED); retry after Retry-After seconds",
-    503: "The database is busy or unreachable (SERVICE_UNAVAILABLE); retry after Retry-After seconds",
+    503: "The database is busy or unreachable, or the disk is full or read-only (SERVICE_UNAVAILABLE); "
+    "retry after Retry-After seconds",
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import IMAGE_TO_VIDEO, MAX_DURATION, MIN_DURATION, MODEL_IDS, TEXT_TO_VIDEO, AspectRatio, Mode
 from reelgen.service.context import Context
+from reelgen.storage.base import room_to_write
 
 __all__ = ["MODEL_INPUTS", "MODEL_NAMES", "metrics", "models", "ready"]
 
@@ -55,13 +56,26 @@ def metrics(ctx: Context, token: str | None, local_workers: int | None) -> bytes
 
 
 def ready(ctx: Context) -> dict[str, Any]:
-    """Readiness: the database answers (raises SERVICE_UNAVAILABLE otherwise). ``workers`` counts the
-    live workers of this profile, wherever they run: ``loading`` ones are still loading weights or
-    warming up (compiling) and claim nothing yet; ``ready`` ones claim tasks."""
+    """Readiness: the database answers and has not refused a write lately (disk full, read-only),
+    and the storage's scratch directory takes a file (raises SERVICE_UNAVAILABLE otherwise).
+    ``workers`` counts the live workers of this profile, wherever they run: ``loading`` ones are
+    still loading weights or warming up (compiling) and claim nothing yet; ``ready`` ones claim tasks."""
+    import os
     from datetime import timedelta
 
     from reelgen.store import workers
+    from reelgen.store.db import UNWRITABLE_MESSAGE, UNWRITABLE_RETRY_SECONDS
 
     stale = timedelta(seconds=ctx.settings.lease_seconds)
     counts = ctx.db.run(lambda conn: workers.count(conn, profile=ctx.profile.name, now=ctx.clock(), stale_after=stale))
+    if ctx.db.refused_write_recently():
+        raise ReelgenError(
+            ErrorCode.SERVICE_UNAVAILABLE, UNWRITABLE_MESSAGE, headers={"Retry-After": str(UNWRITABLE_RETRY_SECONDS)}
+        )
+    with room_to_write():
+        probe = ctx.storage.temp_path(f"ready-{os.getpid()}")
+        try:
+            probe.write_bytes(b"ready")
+        finally:
+            probe.unlink(missing_ok=True)
     return {"status": "ready", "profile": ctx.profile.name, "randomWeights": ctx.profile.is_tiny, "workers": counts}

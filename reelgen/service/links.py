@@ -18,7 +18,9 @@ __all__ = ["signed_file_url", "valid_token"]
 
 
 def _sign(ctx: Context, task_id: str, expires: int) -> str:
-    mac = hmac.new(ctx.secret.encode(), f"file:{task_id}:{expires}".encode(), hashlib.sha256).digest()
+    mac = hmac.new(
+        ctx.secret.encode(), f"file:{task_id}:{expires}".encode("utf-8", "backslashreplace"), hashlib.sha256
+    ).digest()
     return base64.urlsafe_b64encode(mac[:24]).decode().rstrip("=")
 
 
@@ -32,9 +34,20 @@ def signed_file_url(ctx: Context, task_id: str, base_url: str) -> tuple[str, dat
     return f"{base}/api/v1/files/{task_id}.mp4?expires={expires}&token={token}", datetime.fromtimestamp(expires, UTC)
 
 
+#: The most digits an ``expires`` may have (epoch seconds need 10 until the year 2286).
+_EXPIRES_DIGITS = 12
+
+
 def valid_token(ctx: Context, task_id: str, expires: str | None, token: str | None) -> bool:
-    """Whether ``expires``/``token`` (from a signed URL's query) are a live link to this task."""
-    if not expires or not token or not expires.isdigit():
+    """Whether ``expires``/``token`` (from a signed URL's query) are a live link to this task.
+
+    Never raises, whatever the query holds: ``expires`` must be ASCII digits (``str.isdigit`` also
+    admits ``"²"``, which ``int`` refuses) and short (``int`` refuses over 4300 digits), and the
+    token is compared as bytes (``hmac.compare_digest`` raises on non-ASCII text)."""
+    if not expires or not token or len(expires) > _EXPIRES_DIGITS:
+        return False
+    if not (expires.isascii() and expires.isdigit()):
         return False
     exp = int(expires)
-    return exp >= time.time() and hmac.compare_digest(_sign(ctx, task_id, exp), token)
+    given = token.encode("utf-8", "backslashreplace")
+    return exp >= time.time() and hmac.compare_digest(_sign(ctx, task_id, exp).encode(), given)

@@ -4,8 +4,7 @@ its owner (``?mode=proxy``) or for anyone holding a live signed link (``/files/{
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
@@ -20,13 +19,13 @@ __all__ = ["ResultFile", "download", "result_for_owner", "result_for_token"]
 
 @dataclass(frozen=True)
 class ResultFile:
-    """A stored result to send: ``path`` when the API can serve a local file itself, else None and
-    the route streams ``storage.open(key)`` (remote storage such as a bucket)."""
+    """A stored result to send, already open: ``file`` reads the object from its start (a local
+    file or a bucket's object alike); the caller sends ``size`` bytes of it and closes it."""
 
     key: str
     size: int
     filename: str
-    path: Path | None = None
+    file: BinaryIO
 
 
 def _no_result(row: tasks.TaskRow) -> ReelgenError:
@@ -43,19 +42,17 @@ def download(ctx: Context, account_id: str, task_id: str, base_url: str) -> dict
 
 
 def _result_file(ctx: Context, row: tasks.TaskRow) -> ResultFile:
+    """The task's MP4, opened. Opened here, before any byte is answered, so a result that is gone,
+    or that is not a regular file (a directory, a FIFO), is ``NO_RESULT`` rather than a broken
+    response; once open, a file removed meanwhile still reads in full."""
     if row.status != TaskStatus.COMPLETED or not row.result_key:
         raise _no_result(row)
-    filename = f"{row.id}.mp4"
-    path = ctx.storage.local_path(row.result_key)
-    if path is not None:
-        if not path.exists():
-            raise ReelgenError(ErrorCode.NO_RESULT, "The result file is not available.")
-        return ResultFile(key=row.result_key, size=path.stat().st_size, filename=filename, path=path)
     try:
         size = ctx.storage.size(row.result_key)
-    except ReelgenError:
+        file = ctx.storage.open(row.result_key)
+    except ReelgenError:  # the storages' NOT_FOUND: missing, or not a regular file
         raise ReelgenError(ErrorCode.NO_RESULT, "The result file is not available.") from None
-    return ResultFile(key=row.result_key, size=size, filename=filename)
+    return ResultFile(key=row.result_key, size=size, filename=f"{row.id}.mp4", file=file)
 
 
 def result_for_owner(ctx: Context, account_id: str, task_id: str) -> ResultFile:

@@ -59,8 +59,19 @@ KEEPALIVE_SECONDS = 15.0
 # --------------------------------------------------------------------------------------------
 # Submit
 # --------------------------------------------------------------------------------------------
-def _validated(ctx: Context, body: Any) -> tuple[GenerateRequest, int]:
-    """The parsed request and its price, or the contract's validation errors (nothing is written)."""
+@dataclass(frozen=True)
+class _Checked:
+    """A ``/generate`` body that passed every check that needs no database: the request, its price
+    and its callback URL in canonical form."""
+
+    request: GenerateRequest
+    price: int
+    callback_url: str | None
+
+
+def _validated(ctx: Context, body: Any) -> _Checked:
+    """The checks ``submit`` and ``estimate`` share before the database: the contract's parse, the
+    profile's durations, the price and the callback URL (the upload check runs in their queries)."""
     request = parse_generate(body)
     inp = request.input
     if not ctx.profile.min_duration <= inp.duration <= ctx.profile.max_duration:
@@ -75,7 +86,10 @@ def _validated(ctx: Context, body: Any) -> tuple[GenerateRequest, int]:
                 }
             ],
         )
-    return request, pricing.credits_for(inp, ctx.profile)
+    callback_url = None
+    if request.callback_url is not None:
+        callback_url = webhooks.validate_callback_url(request.callback_url, FetchPolicy.from_settings(ctx.settings))
+    return _Checked(request, pricing.credits_for(inp, ctx.profile), callback_url)
 
 
 def submit(ctx: Context, account_id: str, body: Any, *, idempotency_key: str | None = None) -> dict[str, Any]:
@@ -87,11 +101,9 @@ def submit(ctx: Context, account_id: str, body: Any, *, idempotency_key: str | N
     transaction commits (validation, credits) store nothing, so a corrected retry may reuse the key.
     """
     key = idempotency.validate_key(idempotency_key) if idempotency_key is not None else None
-    request, price = _validated(ctx, body)
+    checked = _validated(ctx, body)
+    request, price, callback_url = checked.request, checked.price, checked.callback_url
     inp = request.input
-    callback_url = None
-    if request.callback_url is not None:
-        callback_url = webhooks.validate_callback_url(request.callback_url, FetchPolicy.from_settings(ctx.settings))
     digest = idempotency.request_hash(body) if key is not None else ""
     stored_input = inp.model_dump(mode="json", exclude_none=True)
     klass = progress.request_class(ctx.profile.name, request.model, inp)
@@ -157,12 +169,17 @@ def _check_uploads(conn: Connection, account_id: str, image_urls: tuple[str, ...
 
 def estimate(ctx: Context, account_id: str, body: Any) -> dict[str, Any]:
     """What ``submit`` would charge for ``body`` and how long it would likely take; writes nothing."""
-    del account_id  # prices are the same for every account; the key is still required
-    request, price = _validated(ctx, body)
+    checked = _validated(ctx, body)  # every check of ``submit`` (prices are the same for every account)
+    request = checked.request
     klass = progress.request_class(ctx.profile.name, request.model, request.input)
     workers = len(ctx.settings.device_list)
-    eta = ctx.db.run(lambda conn: progress.eta_for_new(conn, klass, ctx.profile.name, workers))
-    return {"model": request.model, "credits": price, "etaSeconds": eta}
+
+    def read(conn: Connection) -> int | None:
+        _check_uploads(conn, account_id, request.input.image_urls)
+        return progress.eta_for_new(conn, klass, ctx.profile.name, workers)
+
+    eta = ctx.db.run(read)
+    return {"model": request.model, "credits": checked.price, "etaSeconds": eta}
 
 
 # --------------------------------------------------------------------------------------------

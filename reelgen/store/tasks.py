@@ -17,6 +17,7 @@ invariant in one place.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, RowMapping
 
 __all__ = [
+    "TASK_ID",
     "TaskRow",
     "cancel",
     "claim",
@@ -48,6 +50,7 @@ __all__ = [
     "get",
     "hand_back",
     "heartbeat",
+    "is_task_id",
     "list_for_account",
     "queue_position",
     "queue_positions",
@@ -173,6 +176,8 @@ def create(
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1 (got {max_attempts})")
     task_id = task_id or uuid.uuid4().hex
+    if not is_task_id(task_id):
+        raise ValueError(f"not a task id: {task_id!r}")
     conn.execute(
         insert(tasks).values(
             id=task_id,
@@ -198,7 +203,19 @@ def create(
     return task
 
 
+#: What a task id may be: ids are UUID4 hex, and callers may pass their own of this shape.
+TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_task_id(task_id: str) -> bool:
+    """Whether ``task_id`` could name a task. Anything else (a NUL, which PostgreSQL refuses in
+    text, non-ASCII, a path of any length) is unknown without a query."""
+    return TASK_ID.fullmatch(task_id) is not None
+
+
 def get(conn: Connection, task_id: str) -> TaskRow | None:
+    if not is_task_id(task_id):
+        return None
     row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one_or_none()
     return None if row is None else _row(row._mapping)
 

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from reelgen.schemas import UPLOAD_URL_PREFIX
-from reelgen.store.tables import uploads
+from reelgen.store.tables import accounts, uploads
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
-__all__ = ["SCHEME", "Upload", "create", "get", "parse_url", "storage_key", "url_for"]
+__all__ = ["SCHEME", "Upload", "bytes_of", "create", "get", "parse_url", "storage_key", "url_for"]
 
 #: ``image_urls`` entries naming an upload: ``reelgen-upload://<32 hex digits>``.
 SCHEME = UPLOAD_URL_PREFIX
@@ -69,3 +69,13 @@ def get(conn: Connection, upload_id: str) -> Upload | None:
         height=int(m["height"]),
         created_at=m["created_at"],
     )
+
+
+def bytes_of(conn: Connection, account_id: str, *, lock: bool = False) -> int:
+    """The bytes of every upload the account keeps. ``lock`` first locks the account row until the
+    transaction ends (as the ledger does: FOR NO KEY UPDATE), so a check and the insert it allows
+    are not interleaved with another upload's (SQLite's immediate transactions already are not)."""
+    if lock:
+        conn.execute(select(accounts.c.id).where(accounts.c.id == account_id).with_for_update(key_share=True))
+    total = conn.execute(select(func.coalesce(func.sum(uploads.c.size), 0)).where(uploads.c.account_id == account_id))
+    return int(total.scalar_one())
