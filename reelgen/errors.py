@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     NO_RESULT = "NO_RESULT"
     NOT_CANCELLABLE = "NOT_CANCELLABLE"
     INVALID_TOKEN = "INVALID_TOKEN"
+    DUPLICATE_EXTERNAL_TASK_ID = "DUPLICATE_EXTERNAL_TASK_ID"
     # task failures (stored on the task; also raised by the engine and input fetching)
     GENERATION_FAILED = "GENERATION_FAILED"
     IMAGE_FETCH_FAILED = "IMAGE_FETCH_FAILED"
@@ -49,6 +50,7 @@ class ErrorCode(StrEnum):
     WEIGHTS_NOT_FOUND = "WEIGHTS_NOT_FOUND"
     INVALID_SETTINGS = "INVALID_SETTINGS"
     # server side
+    NOT_SUPPORTED = "NOT_SUPPORTED"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     # client side (SDK only: the server never sends these)

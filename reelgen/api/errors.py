@@ -39,9 +39,11 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.NO_RESULT: 409,
     ErrorCode.NOT_CANCELLABLE: 409,
+    ErrorCode.DUPLICATE_EXTERNAL_TASK_ID: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.NOT_SUPPORTED: 501,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
 }
 
@@ -67,7 +69,7 @@ def envelope(code: str, message: str, details: list[dict[str, Any]] | None = Non
 
 def error_response(exc: ReelgenError) -> JSONResponse:
     status = status_for(exc.code)
-    if status >= 500 and exc.code != ErrorCode.SERVICE_UNAVAILABLE:
+    if status >= 500 and exc.code not in (ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.NOT_SUPPORTED):
         # A ReelgenError that is not an API error (e.g. a failure code) reaching a route is a bug.
         log.error("unmapped error reached the API: %r", exc)
         return JSONResponse(envelope(ErrorCode.INTERNAL_ERROR, "Internal server error."), status_code=500)

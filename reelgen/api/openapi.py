@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any, get_args, get_origin
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -25,10 +26,12 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from reelgen.schemas import (
+    EXTERNAL_TASK_ID_PATTERN,
     IMAGE_TO_VIDEO,
     IMAGE_URL_PATTERN,
     MAX_DURATION,
     MAX_PROMPT_CHARS,
+    MAX_SEED,
     MIN_DURATION,
     TEXT_TO_VIDEO,
     UPLOAD_URL_PREFIX,
@@ -39,6 +42,8 @@ from reelgen.schemas import (
 REF = "#/components/schemas/{model}"
 #: the very pattern ``schemas.GenerateInput`` applies (http(s) with a host, data:image/, uploads)
 IMAGE_URL = IMAGE_URL_PATTERN
+#: what a callback URL must start with (the server also applies the address rules of webhooks)
+CALLBACK_URL = "^[hH][tT][tT][pP][sS]?://[^/?#@:\\x00-\\x20]"
 #: A prompt: no NUL (PostgreSQL text cannot hold it) and at least one character ``str.strip()`` keeps
 #: (``MISSING_PROMPT`` otherwise). Whitespace is spelled out rather than ``\s``, because Python's and
 #: ECMA-262's whitespace classes differ (\x1c-\x1f and \x85 against \ufeff).
@@ -57,6 +62,11 @@ ERROR_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/api/v1/models"): (400, 413, 429),
     ("get", "/healthz"): (400, 413),
     ("get", "/readyz"): (400, 413, 503),
+    ("post", "/api/v1/upload"): (*_ALWAYS, *_AUTH),
+    # a presigned PUT carries no key: its signature is the credential (403 INVALID_TOKEN)
+    ("put", "/api/v1/uploads/{upload_id}"): (400, 403, 413, 503),
+    ("get", "/api/v1/uploads/{upload_id}"): (*_ALWAYS, *_AUTH, 404),
+    ("post", "/api/v1/tools/{tool}"): (*_ALWAYS, *_AUTH, 501),
 }
 _DEFAULT_ERRORS = (*_ALWAYS, *_AUTH, *_TASK, 409)
 
@@ -64,13 +74,17 @@ _DESCRIPTIONS = {
     400: "Invalid request (INVALID_JSON, MISSING_MODEL, INVALID_MODEL, MISSING_PROMPT, INVALID_INPUT)",
     401: "Missing or invalid API key (MISSING_AUTH_HEADER, INVALID_AUTH_FORMAT, INVALID_KEY_FORMAT, INVALID_API_KEY)",
     402: "Not enough available credits (INSUFFICIENT_CREDITS); nothing is reserved",
-    403: "Forbidden",
-    404: "No such task for this key (TASK_NOT_FOUND), or no such route (NOT_FOUND)",
-    409: "The task has no result yet (NO_RESULT) or cannot be cancelled (NOT_CANCELLABLE)",
+    403: "The signed link is invalid, expired or already used (INVALID_TOKEN)",
+    404: "No such task (TASK_NOT_FOUND) or upload (NOT_FOUND) for this key, or no such route (NOT_FOUND)",
+    409: (
+        "The task has no result yet (NO_RESULT) or cannot be cancelled (NOT_CANCELLABLE); the "
+        "external_task_id is already used (DUPLICATE_EXTERNAL_TASK_ID)"
+    ),
     413: "The request body is over the server's limit (PAYLOAD_TOO_LARGE)",
     416: "The requested byte range is outside the file",
     422: "The Idempotency-Key was used with another body (IDEMPOTENCY_KEY_REUSED)",
     429: "Too many requests (RATE_LIMITED); retry after Retry-After seconds",
+    501: "Not offered by this server (NOT_SUPPORTED); the message names what it serves",
     503: "The database is busy or unreachable (SERVICE_UNAVAILABLE); retry after Retry-After seconds",
 }
 
@@ -146,6 +160,30 @@ def _input_schema(model: str) -> dict[str, Any]:
             "items": shot,
             "description": "The shots, in order; their durations must add up to duration (else 400 INVALID_INPUT).",
         },
+        # Kling's own fields
+        "negative_prompt": {
+            "type": ["string", "null"],
+            "maxLength": MAX_PROMPT_CHARS,
+            "pattern": "^[^\\x00]*$",
+            "description": 'What to avoid; default the profile\'s, "" for none (guided stages only).',
+        },
+        "cfg_scale": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": 1,
+            "description": "How closely to follow the prompt: 0.5 = the profile's guidance (guided stages only).",
+        },
+        "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED, "description": "Noise seed."},
+        "callback_url": {
+            "type": ["string", "null"],
+            "pattern": CALLBACK_URL,
+            "description": "POSTed (signed, Standard Webhooks) when the task ends; public http(s) only.",
+        },
+        "external_task_id": {
+            "type": ["string", "null"],
+            "pattern": EXTERNAL_TASK_ID_PATTERN,
+            "description": "Your own id of the task, unique per account (409 DUPLICATE_EXTERNAL_TASK_ID).",
+        },
     }
     required = ["prompt"]
     if model == TEXT_TO_VIDEO:
@@ -183,7 +221,15 @@ def generate_request_schema() -> dict[str, Any]:
                 "type": "object",
                 "additionalProperties": False,
                 "required": ["model", "input"],
-                "properties": {"model": {"const": model}, "input": _input_schema(model)},
+                "properties": {
+                    "model": {"const": model},
+                    "input": _input_schema(model),
+                    "callback_url": {
+                        "type": ["string", "null"],
+                        "pattern": CALLBACK_URL,
+                        "description": "As input.callback_url (give it in one place, or the same in both).",
+                    },
+                },
             }
         )
     return {"title": "GenerateRequest", "oneOf": variants}
@@ -218,6 +264,8 @@ def _responses(
         return {"200": declared_ok, **_errors(key)}
     if get_origin(wanted) is list:
         data: dict[str, Any] = {"type": "array", "items": _model_ref(get_args(wanted)[0], components)}
+    elif get_origin(wanted) in (Union, UnionType):
+        data = {"anyOf": [_model_ref(m, components) for m in get_args(wanted)]}
     elif wanted is not None:
         data = _model_ref(wanted, components)
     else:
