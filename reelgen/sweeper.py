@@ -6,8 +6,8 @@ purge idempotency keys past their 24 hours. ``Sweeper`` runs it every ``SWEEP_IN
 daemon thread, and ``storage.sweep_temp`` (scratch files of a killed writer) and ``purge_uploads``
 (uploads no task used within ``upload_retention_seconds``, presigned uploads that never got their
 bytes) every ``TEMP_SWEEP_INTERVAL``. The local executor's supervisor, API-only replicas
-(``executor = "none"``) and the Ray dispatcher each run one. Several at once are safe: every rescue is a conditional write on the
-attempt (and ``SKIP LOCKED`` on PostgreSQL).
+(``executor = "none"``) and the Ray dispatcher each run one. Several at once are safe: every
+rescue is a conditional write on the attempt (and ``SKIP LOCKED`` on PostgreSQL).
 """
 
 from __future__ import annotations
