@@ -90,7 +90,9 @@ def install(app: FastAPI) -> None:
             {"field": ".".join(str(p) for p in e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
             for e in exc.errors()
         ]
-        return JSONResponse(envelope(ErrorCode.INVALID_INPUT, "Invalid request parameters.", details), status_code=400)
+        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
+        message = f"Invalid request parameters: {summary}" if summary else "Invalid request parameters."
+        return JSONResponse(envelope(ErrorCode.INVALID_INPUT, message, details), status_code=400)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
