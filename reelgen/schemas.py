@@ -244,6 +244,7 @@ def parse_generate(body: Any, models: Collection[str] = MODEL_IDS) -> GenerateRe
 # --------------------------------------------------------------------------------------------
 #: What a presigned upload may declare (``image/jpg`` is read as ``image/jpeg``).
 UPLOAD_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
+PRESIGN_CONTENT_TYPES = (*UPLOAD_CONTENT_TYPES, "image/jpg")
 
 
 class PresignRequest(BaseModel):
@@ -258,8 +259,7 @@ class PresignRequest(BaseModel):
 
     @property
     def media_type(self) -> str:
-        media = self.contentType.split(";", 1)[0].strip().lower()
-        return "image/jpeg" if media == "image/jpg" else media
+        return "image/jpeg" if self.contentType == "image/jpg" else self.contentType
 
     @classmethod
     def parse(cls, body: Any) -> PresignRequest:
@@ -275,8 +275,8 @@ class PresignRequest(BaseModel):
             ]
             summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
             raise ReelgenError(ErrorCode.INVALID_INPUT, f"Invalid upload: {summary}", details=details) from None
-        if parsed.media_type not in UPLOAD_CONTENT_TYPES:
-            message = f"must be one of {', '.join(UPLOAD_CONTENT_TYPES)}"
+        if parsed.contentType not in PRESIGN_CONTENT_TYPES:
+            message = f"must be one of {', '.join(PRESIGN_CONTENT_TYPES)}"
             raise ReelgenError(
                 ErrorCode.INVALID_INPUT,
                 f"Invalid upload: contentType: {message}",

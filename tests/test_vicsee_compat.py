@@ -225,6 +225,11 @@ def test_presigned_upload_rules(live_api: LiveServer, ctx: service.Context, acc:
     assert_error(httpx.put(put_url, content=data, headers={"Content-Type": "image/jpeg"}), 400, "INVALID_INPUT")
     upload_id = slot["publicUrl"].rsplit("/", 1)[1]
     assert ctx.db.run(lambda c: uploads.get(c, upload_id)) is None
+    assert_error(httpx.get(slot["publicUrl"], headers=acc.headers), 409, "NO_RESULT")  # no bytes yet
+    assert_error(httpx.get(slot["publicUrl"], headers=other.headers), 404, "NOT_FOUND")
+    wrong = assert_error(httpx.delete(slot["publicUrl"], headers=acc.headers), 405, "METHOD_NOT_ALLOWED")
+    assert wrong is not None
+    assert httpx.delete(slot["publicUrl"]).headers["allow"] == "GET, PUT"
     assert not ctx.storage.exists(uploads.storage_key(upload_id))
     # signed: a forged token, or a link past its expiry, is refused
     forged = put_url.rsplit("token=", 1)[0] + "token=" + "A" * 32

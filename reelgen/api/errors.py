@@ -79,6 +79,25 @@ def error_response(exc: ReelgenError) -> JSONResponse:
     return JSONResponse(envelope(str(exc.code), exc.message, exc.details), status_code=status, headers=headers)
 
 
+def _allow(request: Request) -> dict[str, str]:
+    """``Allow`` listing the methods of every route on the request's path (Starlette names only the
+    first route's, when several routes share a path with different methods)."""
+    from starlette.routing import Match, Route
+
+    def routes(items: Any) -> Any:
+        for item in items:
+            inner = getattr(item, "original_router", None)  # an included router (FastAPI keeps it whole)
+            yield from routes(inner.routes) if inner is not None else (item,)
+
+    methods: set[str] = set()
+    for route in routes(request.app.routes):
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches({**request.scope, "method": next(iter(route.methods))})
+            if match is Match.FULL:
+                methods |= route.methods
+    return {"Allow": ", ".join(sorted(methods))} if methods else {}
+
+
 def install(app: FastAPI) -> None:
     async def on_reelgen(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ReelgenError)
@@ -102,7 +121,7 @@ def install(app: FastAPI) -> None:
             return JSONResponse(
                 envelope(ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed."),
                 status_code=405,
-                headers=exc.headers,
+                headers={**(exc.headers or {}), **_allow(request)},
             )
         code = ErrorCode.INVALID_INPUT if exc.status_code < 500 else ErrorCode.INTERNAL_ERROR
         return JSONResponse(envelope(code, "Request failed."), status_code=exc.status_code)

@@ -19,7 +19,13 @@ from reelgen.api.auth import CurrentAccount, bearer_token
 from reelgen.api.routes import GENERATE_BODY, base_url, ctx_of, ok, success
 from reelgen.api.sse import frames
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.schemas import EXTERNAL_TASK_ID_PATTERN, UPLOAD_CONTENT_TYPES, PresignView, UploadView
+from reelgen.schemas import (
+    EXTERNAL_TASK_ID_PATTERN,
+    PRESIGN_CONTENT_TYPES,
+    UPLOAD_CONTENT_TYPES,
+    PresignView,
+    UploadView,
+)
 
 router = APIRouter()
 #: ``status`` filter values, so the OpenAPI document states them (the service checks them too)
@@ -95,7 +101,7 @@ PRESIGN_SCHEMA = {
     "additionalProperties": False,
     "required": ["contentType", "sizeBytes"],
     "properties": {
-        "contentType": {"type": "string", "enum": [*UPLOAD_CONTENT_TYPES, "image/jpg"]},
+        "contentType": {"type": "string", "enum": list(PRESIGN_CONTENT_TYPES)},
         "sizeBytes": {"type": "integer", "minimum": 1, "description": "the exact size of the image to PUT"},
         "filename": {"type": ["string", "null"], "maxLength": 255, "description": "accepted and ignored"},
     },

@@ -65,7 +65,7 @@ ERROR_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/v1/upload"): (*_ALWAYS, *_AUTH),
     # a presigned PUT carries no key: its signature is the credential (403 INVALID_TOKEN)
     ("put", "/api/v1/uploads/{upload_id}"): (400, 403, 413, 503),
-    ("get", "/api/v1/uploads/{upload_id}"): (*_ALWAYS, *_AUTH, 404),
+    ("get", "/api/v1/uploads/{upload_id}"): (*_ALWAYS, *_AUTH, 404, 409),
     ("post", "/api/v1/tools/{tool}"): (*_ALWAYS, *_AUTH, 501),
 }
 _DEFAULT_ERRORS = (*_ALWAYS, *_AUTH, *_TASK, 409)
@@ -77,8 +77,8 @@ _DESCRIPTIONS = {
     403: "The signed link is invalid, expired or already used (INVALID_TOKEN)",
     404: "No such task (TASK_NOT_FOUND) or upload (NOT_FOUND) for this key, or no such route (NOT_FOUND)",
     409: (
-        "The task has no result yet (NO_RESULT) or cannot be cancelled (NOT_CANCELLABLE); the "
-        "external_task_id is already used (DUPLICATE_EXTERNAL_TASK_ID)"
+        "The task (or presigned upload) has no result yet (NO_RESULT) or cannot be cancelled "
+        "(NOT_CANCELLABLE); the external_task_id is already used (DUPLICATE_EXTERNAL_TASK_ID)"
     ),
     413: "The request body is over the server's limit (PAYLOAD_TOO_LARGE)",
     416: "The requested byte range is outside the file",
@@ -292,9 +292,10 @@ def _errors(key: tuple[str, str]) -> dict[str, Any]:
     return dict(sorted(responses.items()))
 
 
-def document(app: FastAPI, routers: Sequence[APIRouter] = ()) -> dict[str, Any]:
+def document(app: FastAPI, routers: Sequence[APIRouter] = (), *, max_upload_bytes: int | None = None) -> dict[str, Any]:
     """The app's OpenAPI document (built once and cached on the app); ``routers`` hold the routes
-    whose declared success models (``routes.success``) the envelopes are built around."""
+    whose declared success models (``routes.success``) the envelopes are built around;
+    ``max_upload_bytes`` is the largest ``sizeBytes`` a presigned upload may declare (a setting)."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -310,8 +311,21 @@ def document(app: FastAPI, routers: Sequence[APIRouter] = ()) -> dict[str, Any]:
             key = (method, path)
             op["responses"] = _responses(key, op.get("responses", {}), models.get(key), components)
     _link_task_routes(paths)
+    if max_upload_bytes is not None:
+        _set_upload_limit(paths, max_upload_bytes)
     app.openapi_schema = copy.deepcopy(schema)
     return app.openapi_schema
+
+
+def _set_upload_limit(paths: dict[str, Any], limit: int) -> None:
+    """State the server's upload limit on the presign body (copied: the route's schema is shared)."""
+    content = paths.get("/api/v1/upload", {}).get("post", {}).get("requestBody", {}).get("content", {})
+    presign = content.get("application/json", {}).get("schema")
+    if presign is not None and "sizeBytes" in presign.get("properties", {}):
+        size = {**presign["properties"]["sizeBytes"], "maximum": limit}
+        content["application/json"] = {
+            "schema": {**presign, "properties": {**presign["properties"], "sizeBytes": size}}
+        }
 
 
 #: (method, path) of the operation creating a task -> the operations that take its id as ``task_id``

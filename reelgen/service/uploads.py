@@ -247,9 +247,12 @@ def put_presigned(
 
 def read_upload(ctx: Context, account_id: str, upload_id: str) -> tuple[bytes, str]:
     """The bytes and media type of the caller's own upload (``GET publicUrl``); anyone else's, or
-    an unknown id, is ``NOT_FOUND``."""
-    found = ctx.db.run(lambda conn: uploads.get(conn, upload_id))
+    an unknown id, is ``NOT_FOUND``; the caller's presigned upload whose bytes have not come yet is
+    ``NO_RESULT`` (409)."""
+    found, slot = ctx.db.run(lambda conn: (uploads.get(conn, upload_id), uploads.get_slot(conn, upload_id)))
     missing = ReelgenError(ErrorCode.NOT_FOUND, "Upload not found.")
+    if found is None and slot is not None and slot.account_id == account_id:
+        raise ReelgenError(ErrorCode.NO_RESULT, "The image has not been uploaded yet: PUT it to its uploadUrl.")
     if found is None or found.account_id != account_id:
         raise missing
     try:
