@@ -41,7 +41,17 @@ __all__ = [
 ]
 
 #: The task fields a webhook carries (its ``error`` without the ``key``).
-WEBHOOK_FIELDS = ("id", "taskId", "model", "status", "creditsUsed", "createdAt", "completedAt", "error")
+WEBHOOK_FIELDS = (
+    "id",
+    "taskId",
+    "model",
+    "status",
+    "creditsUsed",
+    "createdAt",
+    "completedAt",
+    "error",
+    "externalTaskId",
+)
 GENERIC_FAILURE = "The generation failed."
 #: The most one task object's JSON may take, and the budgets that keep it there.
 MAX_TASK_JSON_BYTES = 16 * 1024

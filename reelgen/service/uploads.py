@@ -182,8 +182,13 @@ def presign(ctx: Context, account_id: str, body: Any, base_url: str) -> dict[str
     image of that type and size, to be ``PUT`` to ``uploadUrl`` within ``PRESIGN_TTL_SECONDS``."""
     request = PresignRequest.parse(body)
     limit = _max_bytes(ctx)
-    if request.sizeBytes > limit:
-        raise ReelgenError(ErrorCode.PAYLOAD_TOO_LARGE, f"sizeBytes is over this server's limit of {limit} bytes.")
+    if request.sizeBytes > limit:  # a declaration, not a body: a validation error like the others
+        message = f"must be at most {limit} (this server's limit)"
+        raise ReelgenError(
+            ErrorCode.INVALID_INPUT,
+            f"Invalid upload: sizeBytes: {message}",
+            details=[{"field": "sizeBytes", "message": message}],
+        )
     now = ctx.clock()
     # whole seconds: the expiry is signed as an integer and must be the one the slot keeps
     expires = int(max(now.timestamp(), time.time())) + PRESIGN_TTL_SECONDS
