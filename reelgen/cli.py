@@ -1,10 +1,14 @@
 """The ``reelgen`` command.
 
 Operator verbs (serve, db, keys, credits grant/show, ledger) work on the store directly; user
-verbs (generate, tasks get, credits, models) talk to a server's public API through the SDK, with
-``--server URL --api-key KEY`` or ``REELGEN_BASE_URL`` / ``REELGEN_API_KEY``; ``generate --local``
-runs the engine in this process. Heavy modules are imported inside each command, so ``reelgen
---help`` stays fast and an SDK-only install (``pip install reelgen``) runs the user verbs.
+verbs (generate, tasks get/list/cancel/wait, upload, credits, models) talk to a server's public
+API through the SDK, with ``--server URL --api-key KEY`` or ``REELGEN_BASE_URL`` /
+``REELGEN_API_KEY``; ``generate --local`` runs the engine in this process. Heavy modules are
+imported inside each command, so ``reelgen --help`` stays fast and an SDK-only install
+(``pip install reelgen``) runs the user verbs.
+
+Over 400 lines on purpose: the parser is one table of every verb and its flags, read best whole;
+the operator verbs' work lives in ``reelgen.admin`` and the engine run in ``reelgen.local``.
 """
 
 from __future__ import annotations
