@@ -80,11 +80,6 @@ _CODE_BY_STATUS: dict[int, ErrorCode] = {
     503: ErrorCode.SERVICE_UNAVAILABLE,
 }
 _URL_KEYS = ("url", "video_url", "videoUrl", "video", "videos")
-#: Errors of the event stream after which ``wait`` polls instead: the server has no stream (404 on a
-#: route, 405), or is busy; a task error (``TASK_NOT_FOUND``, auth) is raised as it is.
-_STREAM_FALLBACK = frozenset(
-    {ErrorCode.NOT_FOUND, ErrorCode.METHOD_NOT_ALLOWED, ErrorCode.CONNECTION_ERROR, *TRANSIENT_CODES, "HTTP_406"}
-)
 
 
 class Task(TaskView):
@@ -278,6 +273,13 @@ def _stream_timeout(poll: _Poll) -> httpx.Timeout:
     left = None if poll.deadline is None else max(0.1, poll.deadline - poll.clock())
     read = STREAM_READ_TIMEOUT if left is None else min(STREAM_READ_TIMEOUT, left + 0.5)
     return httpx.Timeout(30.0, read=read)
+
+
+def _is_stream(response: httpx.Response) -> bool:
+    """Whether the server answered with an event stream. Anything else (no such route on another
+    server, an error, a busy server) makes ``wait`` poll, and polling reports what is wrong."""
+    media = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return response.is_success and media == "text/event-stream"
 
 
 def _event_task(event: str, data: str) -> Task | None:
@@ -536,23 +538,20 @@ class Client(_Base):
         return slot.publicUrl
 
     def _follow(self, task_id: str, poll: _Poll, on_progress: ProgressCallback | None) -> Task | None:
-        """Follow the task's event stream until it ends; None when the stream is not offered or
-        breaks first (``wait`` then polls)."""
+        """Follow the task's event stream until it completes; None when the stream is not offered
+        or breaks first (``wait`` then polls). A failed or cancelled task, or the deadline, raises
+        as in ``wait``."""
         url = f"{API}/tasks/{task_id}/events"
         try:
             with connect_sse(self._http, "GET", url, timeout=_stream_timeout(poll)) as source:
-                if not source.response.is_success:
-                    source.response.read()
-                    _unwrap(source.response)
+                if not _is_stream(source.response):
+                    return None
                 for event in source.iter_sse():
                     current = _event_task(event.event, event.data)
                     if current is not None and poll.after(current, on_progress) is None:
                         return current
         except (httpx.TransportError, SSEError):
             return None
-        except ReelgenError as exc:
-            if exc.code not in _STREAM_FALLBACK:
-                raise
         return None
 
     def wait(
@@ -703,18 +702,14 @@ class AsyncClient(_Base):
         url = f"{API}/tasks/{task_id}/events"
         try:
             async with aconnect_sse(self._http, "GET", url, timeout=_stream_timeout(poll)) as source:
-                if not source.response.is_success:
-                    await source.response.aread()
-                    _unwrap(source.response)
+                if not _is_stream(source.response):
+                    return None
                 async for event in source.aiter_sse():
                     current = _event_task(event.event, event.data)
                     if current is not None and poll.after(current, on_progress) is None:
                         return current
         except (httpx.TransportError, SSEError):
             return None
-        except ReelgenError as exc:
-            if exc.code not in _STREAM_FALLBACK:
-                raise
         return None
 
     async def wait(

@@ -33,6 +33,7 @@ from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import PresignRequest
 from reelgen.service.context import Context
 from reelgen.store import uploads
+from reelgen.views import iso
 
 __all__ = [
     "PRESIGN_TTL_SECONDS",
@@ -202,8 +203,6 @@ def presign(ctx: Context, account_id: str, body: Any, base_url: str) -> dict[str
         expires_at=expires_at,
     )
     ctx.db.run(lambda conn: uploads.create_slot(conn, slot), immediate=True)
-    from reelgen.views import iso
-
     base = _base(ctx, base_url)
     return {
         "uploadUrl": f"{base}/api/v1/uploads/{slot.id}?expires={expires}&token={_sign(ctx, slot.id, expires)}",
