@@ -93,12 +93,16 @@ def png(w: int = 320, h: int = 200, *, noise: bool = False, fmt: str = "PNG") ->
     return buf.getvalue()
 
 
-def _frames(path: Path) -> list[str]:
-    """A digest of each decoded video frame."""
+def _frame_difference(a: Path, b: Path) -> float:
+    """The mean absolute difference (0-255) between two videos' decoded RGB frames."""
     import av
+    import numpy as np
 
-    with av.open(str(path)) as container:
-        return [hashlib.sha256(f.to_ndarray().tobytes()).hexdigest() for f in container.decode(video=0)]
+    def frames(path: Path) -> Any:
+        with av.open(str(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(np.float64)
+
+    return float(np.abs(frames(a) - frames(b)).mean())
 
 
 @pytest.fixture
@@ -179,15 +183,19 @@ def test_a_vicsee_client_and_a_kling_user_work_unchanged(
 
         with Client(acc.key, base_url=live.url, sleep=no_polling) as sdk:
             outputs = []
-            for name in ("second", "third"):
-                again = sdk.generate(I2V, prompt="a lighthouse", duration=3, image_urls=[local], **kling)
+            for name, seed in (("second", 1234), ("third", 1234), ("other", 99)):
+                again = sdk.generate(
+                    I2V, prompt="a lighthouse", duration=3, image_urls=[local], **{**kling, "seed": seed}
+                )
                 finished = sdk.wait(again, timeout=300)
                 assert finished.status == "completed"
                 outputs.append(sdk.download(finished, tmp_path / f"{name}.mp4"))
-            assert [t.id for t in sdk.list(limit=5).tasks][2] == task_id
-    # the same seed, input and hardware give the same video (frame for frame; the container's
-    # metadata may differ)
-    assert _frames(outputs[0]) == _frames(outputs[1])
+            assert [t.id for t in sdk.list(limit=5).tasks][3] == task_id
+    # the same seed and input give the same video on the same hardware; a CPU shared with other
+    # work may round a few operations differently (a shade on a few pixels), another seed is
+    # another video
+    same, other = _frame_difference(outputs[0], outputs[1]), _frame_difference(outputs[0], outputs[2])
+    assert same < 1.0 and other > 5.0, (same, other)
     assert ctx.db.run(ledger.check) == []
 
 
