@@ -1,7 +1,7 @@
 """VicSee/Kling compatibility: presigned upload slots, upload use, and Kling's ``external_task_id``.
 
 Revision ID: 0006
-Revises: 0005
+Revises: 0010
 Create Date: 2026-11-30
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0005"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
