@@ -50,7 +50,12 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = 30.0
     # security
     secret_key: str | None = Field(default=None, description="HMAC pepper for keys and URL signing")
-    download_url_ttl_seconds: int = 3600
+    download_url_ttl_seconds: int = Field(
+        default=7 * 24 * 3600, ge=0, description="lifetime of result links; 0 = links that never expire"
+    )
+    upload_retention_seconds: int = Field(
+        default=24 * 3600, ge=0, description="uploads no task used are deleted after this; 0 = kept"
+    )
     allow_private_image_hosts: bool = False
     image_fetch_timeout_seconds: float = 20.0
     max_image_bytes: int = 20 * 1024 * 1024

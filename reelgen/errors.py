@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     NOT_CANCELLABLE = "NOT_CANCELLABLE"
     INVALID_TOKEN = "INVALID_TOKEN"
     RANGE_NOT_SATISFIABLE = "RANGE_NOT_SATISFIABLE"
+    DUPLICATE_EXTERNAL_TASK_ID = "DUPLICATE_EXTERNAL_TASK_ID"
     # task failures (stored on the task; also raised by the engine and input fetching)
     GENERATION_FAILED = "GENERATION_FAILED"
     IMAGE_FETCH_FAILED = "IMAGE_FETCH_FAILED"
@@ -52,6 +53,7 @@ class ErrorCode(StrEnum):
     WEIGHTS_NOT_FOUND = "WEIGHTS_NOT_FOUND"
     INVALID_SETTINGS = "INVALID_SETTINGS"
     # server side
+    NOT_SUPPORTED = "NOT_SUPPORTED"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     # client side (SDK only: the server never sends these)

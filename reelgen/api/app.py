@@ -148,7 +148,8 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
     def openapi() -> dict[str, Any]:
-        return document(app, (router, extensions.router))
+        upload_limit = min(settings.max_image_bytes, settings.max_body_bytes)
+        return document(app, (router, extensions.router), max_upload_bytes=upload_limit)
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(RateLimitHeaders)

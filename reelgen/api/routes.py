@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -81,7 +82,8 @@ async def generate(request: Request, account: CurrentAccount) -> dict[str, Any]:
     """
     body = load_json(await request.body())
     idem = request.headers.get("idempotency-key")
-    return ok(await run_in_threadpool(service.submit, ctx_of(request), account, body, idempotency_key=idem))
+    submit = partial(service.submit, idempotency_key=idem, base_url=base_url(request))
+    return ok(await run_in_threadpool(submit, ctx_of(request), account, body))
 
 
 @router.get("/api/v1/tasks/{task_id}", tags=["tasks"], responses=success(TaskView))
@@ -117,9 +119,12 @@ def credits(request: Request, account: CurrentAccount) -> dict[str, Any]:
 
 
 @router.get("/api/v1/models", tags=["models"], responses=success(list[ModelView]))
-def models(request: Request, type: Literal["video"] | None = None) -> dict[str, Any]:
-    """The served models with their inputs and per-second prices (no auth)."""
-    return ok(service.models(ctx_of(request)))
+def models(
+    request: Request,
+    type: Literal["video", "image", "music"] | None = Query(None, description="video (all), image or music (none)"),
+) -> dict[str, Any]:
+    """The served models with their inputs and per-second prices (no auth); ``type`` filters them."""
+    return ok(service.models(ctx_of(request), type))
 
 
 @router.get("/healthz", tags=["health"], responses=success(Health))

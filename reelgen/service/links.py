@@ -1,7 +1,9 @@
 """Signed result links: an absolute, expiring URL of a task's MP4 that needs no API key.
 
 The token is an HMAC over the task id and the expiry (keyed with the server secret), so a link
-cannot be forged or extended; an expired or forged one answers like an unknown file.
+cannot be forged or extended; an expired or forged one answers like an unknown file. With
+``download_url_ttl_seconds = 0`` links never expire (``expires=0``, ``expiresAt`` null, as VicSee's);
+such a link stops working when the setting is changed to a lifetime, or the secret is rotated.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ def _sign(ctx: Context, task_id: str, expires: int) -> str:
     return base64.urlsafe_b64encode(mac[:24]).decode().rstrip("=")
 
 
-def signed_file_url(ctx: Context, task_id: str, base_url: str) -> tuple[str, datetime]:
-    """An absolute, expiring URL for a task's MP4 that needs no key (HMAC over id and expiry)."""
+def signed_file_url(ctx: Context, task_id: str, base_url: str) -> tuple[str, datetime | None]:
+    """An absolute URL for a task's MP4 that needs no key (HMAC over id and expiry) and when it
+    expires (None: never, with ``download_url_ttl_seconds = 0``)."""
     ttl = ctx.settings.download_url_ttl_seconds
     # Round the expiry up to a minute so repeated polls return a stable URL.
-    expires = (int(time.time()) // 60 + 1) * 60 + ttl
+    expires = (int(time.time()) // 60 + 1) * 60 + ttl if ttl > 0 else 0
     base = (ctx.settings.public_base_url or base_url).rstrip("/")
     token = _sign(ctx, task_id, expires)
-    return f"{base}/api/v1/files/{task_id}.mp4?expires={expires}&token={token}", datetime.fromtimestamp(expires, UTC)
+    url = f"{base}/api/v1/files/{task_id}.mp4?expires={expires}&token={token}"
+    return url, datetime.fromtimestamp(expires, UTC) if expires else None
 
 
 #: The most digits an ``expires`` may have (epoch seconds need 10 until the year 2286).
@@ -50,4 +54,6 @@ def valid_token(ctx: Context, task_id: str, expires: str | None, token: str | No
         return False
     exp = int(expires)
     given = token.encode("utf-8", "backslashreplace")
-    return exp >= time.time() and hmac.compare_digest(_sign(ctx, task_id, exp).encode(), given)
+    # a link that never expires (0) is live only while the setting says so
+    live = ctx.settings.download_url_ttl_seconds == 0 if exp == 0 else exp >= time.time()
+    return live and hmac.compare_digest(_sign(ctx, task_id, exp).encode(), given)

@@ -4,6 +4,7 @@ its owner (``?mode=proxy``) or for anyone holding a live signed link (``/files/{
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, BinaryIO
 
 from reelgen.domain import TaskStatus
@@ -14,7 +15,10 @@ from reelgen.service.tasks import owned_task
 from reelgen.store import tasks
 from reelgen.views import iso
 
-__all__ = ["ResultFile", "download", "result_for_owner", "result_for_token"]
+__all__ = ["S3_MAX_PRESIGN_SECONDS", "ResultFile", "download", "result_for_owner", "result_for_token"]
+
+#: The longest lifetime S3 (SigV4) allows a presigned URL.
+S3_MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,12 @@ def download(ctx: Context, account_id: str, task_id: str, base_url: str) -> dict
     if row.status != TaskStatus.COMPLETED or not row.result_key:
         raise _no_result(row)
     url, expires_at = signed_file_url(ctx, row.id, base_url)
-    presigned = ctx.storage.presigned_url(row.result_key, ctx.settings.download_url_ttl_seconds)
+    ttl = ctx.settings.download_url_ttl_seconds
+    # a bucket's presigned URL lives at most 7 days (SigV4) and never forever: past that the
+    # link is this server's own, which streams the object from the bucket
+    presigned = ctx.storage.presigned_url(row.result_key, ttl) if 0 < ttl <= S3_MAX_PRESIGN_SECONDS else None
+    if presigned is not None:
+        expires_at = ctx.clock() + timedelta(seconds=ttl)
     return {"url": presigned or url, "type": "video", "expiresAt": iso(expires_at)}
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "create",
     "expire_holds",
     "fail",
+    "find_external",
     "get",
     "hand_back",
     "heartbeat",
@@ -95,6 +96,7 @@ class TaskRow:
     error_message: str | None
     request_class: str | None = None
     callback_url: str | None = None
+    external_task_id: str | None = None
 
 
 def _row(m: RowMapping) -> TaskRow:
@@ -125,6 +127,7 @@ def _row(m: RowMapping) -> TaskRow:
         error_message=m["error_message"],
         request_class=m["request_class"],
         callback_url=m["callback_url"],
+        external_task_id=m["external_task_id"],
     )
 
 
@@ -163,13 +166,16 @@ def create(
     task_id: str | None = None,
     request_class: str | None = None,
     callback_url: str | None = None,
+    external_task_id: str | None = None,
 ) -> TaskRow:
     """Insert a pending task. Reserve its price with ``ledger.reserve`` in the same transaction
     (before or after: the hold's reference to the task is checked at commit).
 
     ``task_id`` defaults to a new random UUID4 hex (122 random bits); pass one only to reserve first.
     ``request_class`` groups tasks whose run times predict each other's (see ``recent_run_seconds``);
-    ``callback_url`` is owed a webhook when the task ends (see ``store.webhooks``).
+    ``callback_url`` is owed a webhook when the task ends (see ``store.webhooks``);
+    ``external_task_id`` is the caller's own id of the task (unique per account: a duplicate raises
+    ``IntegrityError``; check ``find_external`` first under the account lock).
     """
     if isinstance(price, bool) or not isinstance(price, int) or price <= 0:
         raise ValueError(f"price must be a positive number of credits (got {price!r})")
@@ -196,6 +202,7 @@ def create(
             created_at=now,
             request_class=request_class,
             callback_url=callback_url,
+            external_task_id=external_task_id,
         )
     )
     task = get(conn, task_id)
@@ -540,8 +547,10 @@ def list_for_account(
     status: TaskStatus | str | None = None,
     limit: int = 20,
     before: tuple[datetime, str] | None = None,
+    external_task_id: str | None = None,
 ) -> list[TaskRow]:
-    """The account's tasks, newest first; ``before`` = (created_at, id) of the last row seen."""
+    """The account's tasks, newest first; ``before`` = (created_at, id) of the last row seen;
+    ``external_task_id`` keeps only the task the caller gave that id (at most one)."""
     stmt = (
         select(tasks)
         .where(tasks.c.account_id == account_id)
@@ -550,6 +559,8 @@ def list_for_account(
     )
     if status is not None:
         stmt = stmt.where(tasks.c.status == TaskStatus(status).value)
+    if external_task_id is not None:
+        stmt = stmt.where(tasks.c.external_task_id == external_task_id)
     if before is not None:
         created_at, last_id = before
         stmt = stmt.where(
@@ -559,6 +570,14 @@ def list_for_account(
             )
         )
     return [_row(r._mapping) for r in conn.execute(stmt)]
+
+
+def find_external(conn: Connection, account_id: str, external_task_id: str) -> str | None:
+    """The id of the account's task with this ``external_task_id``, if any."""
+    found = conn.execute(
+        select(tasks.c.id).where(tasks.c.account_id == account_id, tasks.c.external_task_id == external_task_id)
+    ).scalar_one_or_none()
+    return None if found is None else str(found)
 
 
 def count_active(conn: Connection, account_id: str) -> int:
