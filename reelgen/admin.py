@@ -26,6 +26,7 @@ _SETTING_FLAGS = (
     "weights",
     "load_format",
     "devices",
+    "parallel",
     "executor",
     "ray_address",
     "public_base_url",

@@ -119,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles-file", help="an operator's own profiles TOML")
     p.add_argument("--weights", help="weights directory (diffusers layout) or hub id")
     p.add_argument("--load-format", choices=["auto", "dummy"], help="dummy = full-size random weights")
-    p.add_argument("--devices", help="cpu, or cuda:0,cuda:1 (one worker per device)")
+    p.add_argument("--devices", help="cpu, or cuda:0,cuda:1 (one worker per device, or per group with --parallel)")
+    p.add_argument(
+        "--parallel", help="cfg=N,ulysses=N,ring=N: each task on a group of that many devices (cpu may repeat)"
+    )
     p.add_argument(
         "--executor",
         choices=["local", "ray", "none"],
