@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         r.pop("seconds_measured", None)
     base = runs[0]["seconds"]
     for r in runs[1:]:
-        if r["seconds"]:
+        if r["seconds"] and "scaling" not in r:  # a group run is compared with one device, not stock
             r["speedup_vs_stock"] = round(base / r["seconds"], 2)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
