@@ -38,6 +38,8 @@ class GroupResult:
     source: str
     split_calls: int
     whole_calls: int
+    scheduled_calls: int = 0
+    ahead_calls: int = 0
 
 
 def load_on_group(profile: Profile, group: Group, load_format: str = "auto") -> tuple[Engine, Any]:
@@ -106,6 +108,8 @@ def _rank_main(
             source=str(getattr(engine, "source", "random")),
             split_calls=split.split_calls if split is not None else 0,
             whole_calls=split.whole_calls if split is not None else 0,
+            scheduled_calls=split.scheduled_calls if split is not None else 0,
+            ahead_calls=split.ahead_calls if split is not None else 0,
         )
         Path(report).write_text(json.dumps(result.__dict__))
     finally:

@@ -143,7 +143,13 @@ def run_local(args: argparse.Namespace) -> int:
             result.generate_seconds,
             result.random_weights,
         )
-        extra = {"devices": devices, "parallel": spec.as_text(), "split_calls": result.split_calls}
+        extra = {
+            "devices": devices,
+            "parallel": spec.as_text(),
+            "split_calls": result.split_calls,
+            "scheduled_calls": result.scheduled_calls,
+            "ahead_calls": result.ahead_calls,
+        }
     else:
         media, load_s, gen_s, random_weights = _render_here(
             args, job, profile, out, devices[0] if devices else args.device

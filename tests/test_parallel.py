@@ -100,7 +100,8 @@ def _frames_rank(rank: int, devices: list[str], port: int, spec: ParallelSpec, p
             return
         clip = engine.generate(job, job.segments[0], group_steps(group, None))
         assert split is not None
-        np.savez(out, frames=clip.frames, audio=clip.audio, split=split.split_calls, whole=split.whole_calls)
+        counts = [split.split_calls, split.scheduled_calls, split.ahead_calls, split.whole_calls]
+        np.savez(out, frames=clip.frames, audio=clip.audio, counts=np.array(counts))
         Path(out + ".rows.json").write_text(json.dumps(clip.rows))
     finally:
         leave_group()
@@ -115,9 +116,11 @@ def test_guidance_rows_on_two_processes_match_one_process(profiles_file: Path, t
     out = str(tmp_path / "group.npz")
     run_group(["cpu", "cpu"], _frames_rank, ParallelSpec(cfg=2), str(profiles_file), out)
     got = np.load(out)
-    # stage 1's 3 guided steps: the CFG call (2 rows) split, the STG and modality calls (1 row) whole;
-    # stage 2's 3 unguided steps whole
-    assert int(got["split"]) == 3 and int(got["whole"]) == 3 * 2 + 3
+    # stage 1's first guided step: the CFG call (2 rows) split, the STG and modality calls (1 row)
+    # whole; its next 2 steps scheduled ahead (rank 0: the CFG call, rank 1: the STG and modality
+    # calls, answered from the schedule); stage 2's 3 unguided steps whole
+    split, scheduled, ahead, whole = (int(n) for n in got["counts"])
+    assert (split, scheduled, ahead, whole) == (1, 2, 4, 2 + 3)
     assert json.loads(Path(out + ".rows.json").read_text()) == alone.rows  # every row counted once
     diff = np.abs(got["frames"].astype(int) - alone.frames.astype(int))
     assert got["frames"].shape == alone.frames.shape
@@ -214,7 +217,7 @@ def test_generate_local_on_two_cpus_equals_one_cpu(
     assert main([*common, *two_args]) == 0
     two = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert two["devices"] == ["cpu", "cpu"] and two["parallel"] == "cfg=2,ulysses=1,ring=1"
-    assert two["split_calls"] == 3
+    assert (two["split_calls"], two["scheduled_calls"], two["ahead_calls"]) == (1, 2, 4)
     for key in ["duration", "width", "height", "fps", "frames", "has_audio", "sample_rate"]:
         assert two[key] == one[key], key
     a, b = _video(tmp_path / "one.mp4"), _video(tmp_path / "two.mp4")
