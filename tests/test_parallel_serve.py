@@ -102,3 +102,17 @@ def test_a_killed_rank_ends_the_attempt_and_the_task_is_retried_and_charged_once
     rig.assert_completed_once(task_id, attempt=2)  # reserved once, captured once
     g2.send_signal(signal.SIGTERM)
     assert rig.wait_exit(g2, timeout=60) == 0
+
+
+@pytest.mark.parametrize(
+    ("devices", "parallel", "message"),
+    [("cpu,cpu,cpu", "cfg=2", "groups 2 devices; 3 listed"), ("cpu,cpu", "ulysses=2", "diffusers#14316")],
+)
+def test_serve_refuses_a_group_it_cannot_form(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], devices: str, parallel: str, message: str
+) -> None:
+    from reelgen.cli import main
+
+    args = ["serve", "--data-dir", str(tmp_path / "d"), "--devices", devices, "--parallel", parallel]
+    assert main(args) != 0
+    assert message in capsys.readouterr().err
