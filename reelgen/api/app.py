@@ -14,7 +14,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reelgen import __version__, service
-from reelgen.api import errors, extensions
+from reelgen.api import errors, extensions, openai_routes
 from reelgen.api.openapi import document
 from reelgen.api.routes import router
 from reelgen.config import Settings
@@ -139,6 +139,7 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
     errors.install(app)
     app.include_router(router)
     app.include_router(extensions.router)
+    app.include_router(openai_routes.router)
 
     @app.get("/", include_in_schema=False)
     def playground() -> FileResponse:

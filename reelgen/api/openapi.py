@@ -260,10 +260,25 @@ def document(app: FastAPI, routers: Sequence[APIRouter] = ()) -> dict[str, Any]:
     for path, item in paths.items():
         for method, op in item.items():
             key = (method, path)
+            if path.startswith(OWN_RESPONSES):
+                _keep_own(op)
+                continue
             op["responses"] = _responses(key, op.get("responses", {}), models.get(key), components)
     _link_task_routes(paths)
     app.openapi_schema = copy.deepcopy(schema)
     return app.openapi_schema
+
+
+#: Paths whose routes declare every response themselves (``/v1/videos``: OpenAI's shapes, not the envelope).
+OWN_RESPONSES = ("/v1/videos",)
+
+
+def _keep_own(op: dict[str, Any]) -> None:
+    """Drop the 422 FastAPI adds for parameter validation (those routes answer 400 instead)."""
+    responses = op.get("responses", {})
+    generated = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    if generated.get("$ref", "").endswith("/HTTPValidationError"):
+        del responses["422"]
 
 
 #: (method, path) of the operation creating a task -> the operations that take its id as ``task_id``

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -78,13 +78,23 @@ def _validated(ctx: Context, body: Any) -> tuple[GenerateRequest, int]:
     return request, pricing.credits_for(inp, ctx.profile)
 
 
-def submit(ctx: Context, account_id: str, body: Any, *, idempotency_key: str | None = None) -> dict[str, Any]:
+def submit(
+    ctx: Context,
+    account_id: str,
+    body: Any,
+    *,
+    idempotency_key: str | None = None,
+    seed: int | None = None,
+    on_create: Callable[[Connection, str], None] | None = None,
+) -> dict[str, Any]:
     """Validate, price, and in ONE transaction create the task and reserve its price.
 
     With an ``idempotency_key`` the key and the response are stored in that same transaction; a
     repeat with the same body within 24 h gets the stored response (nothing new is created or
     held), one with another body gets ``IDEMPOTENCY_KEY_REUSED``. Requests refused before the
     transaction commits (validation, credits) store nothing, so a corrected retry may reuse the key.
+    ``seed`` fixes the task's seed (a remix reuses its original's); ``on_create(conn, task_id)``
+    runs in the creating transaction (another door records what it needs beside the task).
     """
     key = idempotency.validate_key(idempotency_key) if idempotency_key is not None else None
     request, price = _validated(ctx, body)
@@ -95,7 +105,7 @@ def submit(ctx: Context, account_id: str, body: Any, *, idempotency_key: str | N
     digest = idempotency.request_hash(body) if key is not None else ""
     stored_input = inp.model_dump(mode="json", exclude_none=True)
     klass = progress.request_class(ctx.profile.name, request.model, inp)
-    seed = secrets.randbelow(2**31)
+    seed = secrets.randbelow(2**31) if seed is None else seed
 
     def create(conn: Connection) -> tuple[dict[str, Any], bool]:
         now = ctx.clock()
@@ -121,6 +131,8 @@ def submit(ctx: Context, account_id: str, body: Any, *, idempotency_key: str | N
             callback_url=callback_url,
         )
         remaining = ledger.reserve(conn, account_id, row.id, price, now)
+        if on_create is not None:
+            on_create(conn, row.id)
         data = {
             "id": row.id,
             "model": row.model,
