@@ -11,7 +11,14 @@ from typing import BinaryIO
 import av
 from PIL import Image
 
-__all__ = ["SPRITE_COLUMNS", "SPRITE_FRAMES", "SPRITE_TILE_WIDTH", "sample_frames", "spritesheet_jpeg", "thumbnail_webp"]
+__all__ = [
+    "SPRITE_COLUMNS",
+    "SPRITE_FRAMES",
+    "SPRITE_TILE_WIDTH",
+    "sample_frames",
+    "spritesheet_jpeg",
+    "thumbnail_webp",
+]
 
 #: The sprite sheet: this many frames, evenly spaced, in rows of ``SPRITE_COLUMNS`` tiles this wide.
 SPRITE_FRAMES = 12
@@ -21,20 +28,24 @@ SPRITE_TILE_WIDTH = 256
 
 def sample_frames(src: str | Path | BinaryIO, count: int) -> list[Image.Image]:
     """``count`` frames spread evenly over the video (fewer if it has fewer), as RGB images."""
-    with av.open(src) as container:
+    with av.open(src, "r") as container:
         stream = container.streams.video[0]
         total = stream.frames
         if not total:
-            frames = [frame.to_image() for frame in container.decode(stream)]
+            frames = [_image(frame) for frame in container.decode(stream)]
             return _spread(frames, count)
         wanted = sorted({min(total - 1, int((i + 0.5) * total / count)) for i in range(count)})
         picked: list[Image.Image] = []
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
-                picked.append(frame.to_image())
+                picked.append(_image(frame))
                 if len(picked) == len(wanted):
                     break
         return picked
+
+
+def _image(frame: av.VideoFrame) -> Image.Image:
+    return Image.fromarray(frame.to_ndarray(format="rgb24"))
 
 
 def _spread(frames: list[Image.Image], count: int) -> list[Image.Image]:

@@ -97,7 +97,9 @@ def video_object(row: TaskRow, video: Video | None = None) -> dict[str, Any]:
         "completed_at": unix(row.completed_at) if ended else None,
         "expires_at": None,  # results are kept until deleted
         "prompt": row.prompt,
-        "size": (video.size if video is not None and video.size else size_for(inp.get("aspect_ratio"), inp.get("mode"))),
+        "size": (
+            video.size if video is not None and video.size else size_for(inp.get("aspect_ratio"), inp.get("mode"))
+        ),
         "seconds": str(inp.get("duration", DEFAULT_SECONDS)),
         "remixed_from_video_id": video.remixed_from if video is not None else None,
         "error": error,

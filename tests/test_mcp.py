@@ -114,9 +114,7 @@ def check_result(result: dict[str, Any], tmp_path: Path, seen: list[float]) -> N
     assert info.has_audio and abs(info.duration - 3.0) <= 1 / 24 + 1e-6
 
 
-def test_streamable_http_generate_progress_completed(
-    live: LiveServer, ctx: service.Context, tmp_path: Path
-) -> None:
+def test_streamable_http_generate_progress_completed(live: LiveServer, ctx: service.Context, tmp_path: Path) -> None:
     owner = make_account(ctx, credits=1000, name="agent")
 
     async def body(c: Client) -> tuple[Any, ...]:
@@ -136,14 +134,14 @@ def test_streamable_http_generate_progress_completed(
     assert ctx.db.run(lambda conn: ledger.balance(conn, owner.id)).captured == 126
 
 
-def test_stdio_generate_uploads_local_image_and_waits(
-    live: LiveServer, ctx: service.Context, tmp_path: Path
-) -> None:
+def test_stdio_generate_uploads_local_image_and_waits(live: LiveServer, ctx: service.Context, tmp_path: Path) -> None:
     owner = make_account(ctx, credits=1000, name="agent")
     image = png_file(tmp_path)
 
     async def body(c: Client) -> tuple[Any, ...]:
-        task, done, seen = await generate_and_wait(c, {"prompt": "the sun sets", "duration": 3, "image_urls": [str(image)]})
+        task, done, seen = await generate_and_wait(
+            c, {"prompt": "the sun sets", "duration": 3, "image_urls": [str(image)]}
+        )
         got = (await c.call_tool("get_task", {"task_id": task["id"]})).structured_content
         return task, done, seen, got
 
@@ -192,7 +190,11 @@ def test_errors_are_tool_errors_with_codes_and_charge_nothing(
     assert "INVALID_INPUT:" in out["path"] and "reelgen mcp" in out["path"]
     assert "TASK_NOT_FOUND:" in out["unknown"] and "TASK_NOT_FOUND:" in out["wait_unknown"]
     # bounded wait: no worker runs here, so it returns with the task still pending
-    assert out["waited"]["done"] is False and out["waited"]["status"] == "pending" and "wait again" in out["waited"]["hint"]
+    assert (
+        out["waited"]["done"] is False
+        and out["waited"]["status"] == "pending"
+        and "wait again" in out["waited"]["hint"]
+    )
     assert out["cancelled"]["status"] == "cancelled" and out["cancelled"]["cost_credits"] == 0
     assert out["again"]["status"] == "cancelled"
     assert ctx.db.run(lambda conn: ledger.balance(conn, owner.id)) == ledger.Balance(

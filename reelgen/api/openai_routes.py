@@ -323,9 +323,7 @@ async def remix_video(video_id: str, request: Request, account: CurrentAccount) 
     )
 
 
-@router.api_route(
-    "/v1/videos/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
-)
+@router.api_route("/v1/videos/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 def unknown_video_route(rest: str) -> Response:
     """Anything else under ``/v1/videos`` answers in this door's shape too."""
     raise ReelgenError(ErrorCode.NOT_FOUND, "Unknown route under /v1/videos.")

@@ -85,7 +85,9 @@ class ServiceBackend:
     async def list(self, status: str | None, limit: int, cursor: str | None) -> tuple[list[Task], str | None]:
         from reelgen import service
 
-        page = await self._run(service.list_tasks, self.account, self.base_url, status=status, limit=limit, cursor=cursor)
+        page = await self._run(
+            service.list_tasks, self.account, self.base_url, status=status, limit=limit, cursor=cursor
+        )
         return [Task.from_api(t) for t in page["tasks"]], page["nextCursor"]
 
     async def credits(self) -> dict[str, Any]:
@@ -157,7 +159,10 @@ class ClientBackend:
         if task.status != "completed" or url is None:
             return None
         # a bare client: the URL is signed (or a bucket's presigned URL), the key is not sent along
-        async with httpx.AsyncClient(timeout=30) as http, http.stream("GET", url, headers={"Range": "bytes=0-0"}) as response:
+        async with (
+            httpx.AsyncClient(timeout=30) as http,
+            http.stream("GET", url, headers={"Range": "bytes=0-0"}) as response,
+        ):
             total = response.headers.get("content-range", "").rpartition("/")[2]
             if total.isdigit():
                 return int(total)

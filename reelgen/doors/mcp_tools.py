@@ -163,7 +163,7 @@ def build_server(backend_for: Callable[[Context], Backend]) -> MCPServer:
             "and give the user the url. Credits are only taken for completed videos."
         ),
     )
-    read_only = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+    read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
     @server.tool(annotations=read_only)
     async def list_models(ctx: Context) -> list[dict[str, Any]]:

@@ -92,7 +92,7 @@ def _seconds(value: Any) -> int:
         return int(value.strip())
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise _invalid("seconds", "a whole number of seconds, such as \"8\"")
+    raise _invalid("seconds", 'a whole number of seconds, such as "8"')
 
 
 def _reference(ctx: Context, account_id: str, value: Any, image: bytes | None) -> str | None:
@@ -102,7 +102,9 @@ def _reference(ctx: Context, account_id: str, value: Any, image: bytes | None) -
         try:
             return str(upload(ctx, account_id, image)["url"])
         except ReelgenError as exc:
-            raise ReelgenError(exc.code, exc.message, details=[{"field": "input_reference", "message": exc.message}]) from None
+            raise ReelgenError(
+                exc.code, exc.message, details=[{"field": "input_reference", "message": exc.message}]
+            ) from None
     if value is None:
         return None
     if isinstance(value, str):
@@ -112,10 +114,12 @@ def _reference(ctx: Context, account_id: str, value: Any, image: bytes | None) -
             return str(value["image_url"])
         if isinstance(value.get("file_id"), str):
             return uploads.url_for(str(value["file_id"]))
-    raise _invalid("input_reference", "an image file, an image URL, {\"image_url\": ...} or {\"file_id\": ...}")
+    raise _invalid("input_reference", 'an image file, an image URL, {"image_url": ...} or {"file_id": ...}')
 
 
-def _generate_body(ctx: Context, account_id: str, fields: Mapping[str, Any], image: bytes | None) -> tuple[dict[str, Any], str, str]:
+def _generate_body(
+    ctx: Context, account_id: str, fields: Mapping[str, Any], image: bytes | None
+) -> tuple[dict[str, Any], str, str]:
     """The ``/generate`` body for an OpenAI create request, and the model id and size it asked for."""
     unknown = sorted(set(fields) - set(CREATE_FIELDS))
     if unknown:
@@ -187,16 +191,29 @@ def remix(
     """``POST /v1/videos/{id}/remix``: a new task with the original's settings and seed and a new prompt."""
     row, video = _owned(ctx, account_id, video_id)
     if row.status != TaskStatus.COMPLETED:
-        raise ReelgenError(ErrorCode.NO_RESULT, f"Only a completed video can be remixed; this one is {row.status.value}.")
+        raise ReelgenError(
+            ErrorCode.NO_RESULT, f"Only a completed video can be remixed; this one is {row.status.value}."
+        )
     body: dict[str, Any] = {"model": row.model, "input": {**row.input, "prompt": prompt}}
     if prompt is None:
         del body["input"]["prompt"]
     if row.callback_url:
         body["callback_url"] = row.callback_url
     model = video.model if video is not None and video.model else row.model
-    size = video.size if video is not None and video.size else size_for(row.input.get("aspect_ratio"), row.input.get("mode"))
+    size = (
+        video.size
+        if video is not None and video.size
+        else size_for(row.input.get("aspect_ratio"), row.input.get("mode"))
+    )
     return _submit(
-        ctx, account_id, body, model=model, size=size, remixed_from=row.id, seed=row.seed, idempotency_key=idempotency_key
+        ctx,
+        account_id,
+        body,
+        model=model,
+        size=size,
+        remixed_from=row.id,
+        seed=row.seed,
+        idempotency_key=idempotency_key,
     )
 
 
