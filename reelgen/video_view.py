@@ -5,7 +5,7 @@ the OpenAI Videos API reference; the fields only that door knows (the OpenAI ``m
 asked for, the video a remix came from) come from ``store.videos``. Pure functions, no I/O.
 
 The size table (the documented mapping, docs/api.md "/v1/videos"): a ``size`` picks the aspect
-ratio and the mode; the model id only says which sizes it accepts.
+ratio and the mode; the model id is kept as given (ours name the model outright).
 """
 
 from __future__ import annotations
@@ -41,17 +41,16 @@ SIZES: dict[str, tuple[str, str]] = {
     "1792x1024": ("16:9", "professional"),
     "1024x1024": ("1:1", "professional"),
 }
-_STANDARD_SIZES = tuple(size for size, (_, mode) in SIZES.items() if mode == "standard")
-#: model id -> the sizes it accepts (our own model ids are accepted too, with every size)
-MODELS: dict[str, tuple[str, ...]] = {
-    "sora-2": _STANDARD_SIZES,
-    "sora-2-2025-10-06": _STANDARD_SIZES,
-    "sora-2-2025-12-08": _STANDARD_SIZES,
-    "sora-2-pro": tuple(SIZES),
-    "sora-2-pro-2025-10-06": tuple(SIZES),
-    "kling-3-0-text-to-video": tuple(SIZES),
-    "kling-3-0-image-to-video": tuple(SIZES),
-}
+#: the model ids taken (every one takes every size; our own ids are accepted too)
+MODELS: tuple[str, ...] = (
+    "sora-2",
+    "sora-2-2025-10-06",
+    "sora-2-2025-12-08",
+    "sora-2-pro",
+    "sora-2-pro-2025-10-06",
+    "kling-3-0-text-to-video",
+    "kling-3-0-image-to-video",
+)
 DEFAULT_MODEL = "sora-2"
 DEFAULT_SIZE = "720x1280"
 DEFAULT_SECONDS = 4

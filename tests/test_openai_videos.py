@@ -167,7 +167,8 @@ def api(client: TestClient, owner: Account) -> Iterator[TestClient]:
     ("body", "status", "code", "param"),
     [
         ({"prompt": "x", "size": "640x480"}, 400, "invalid_input", "size"),
-        ({"prompt": "x", "model": "sora-2", "size": "1792x1024"}, 400, "invalid_input", "size"),
+        ({"prompt": "x", "size": 1280}, 400, "invalid_input", "size"),
+        ({"prompt": "x", "seconds": " 4"}, 400, "invalid_input", "seconds"),
         ({"prompt": "x", "model": "dall-e"}, 400, "invalid_model", "model"),
         ({"prompt": "x", "seconds": "four"}, 400, "invalid_input", "seconds"),
         ({"prompt": "x", "seconds": "99"}, 400, "invalid_input", "seconds"),
@@ -225,7 +226,7 @@ def test_auth_credits_not_found_and_json_errors(api: TestClient, ctx: service.Co
     r = api.get("/v1/videos", params={"order": "sideways"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "order"
     r = api.get("/v1/videos", params={"after": "0" * 32})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "after"
+    assert r.status_code == 404 and r.json()["error"]["param"] == "after" and "after" in r.json()["error"]["message"]
     r = api.get("/v1/videos/abc/nothing-here")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     # the other doors keep their own envelope

@@ -35,13 +35,15 @@ def _wait_done(c: httpx.Client, task_id: str) -> dict[str, Any]:
 
 def _via_mcp(url: str, key: str) -> str:
     async def main() -> str:
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
-            async with Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client:
-                made = await client.call_tool(
-                    "generate", {"prompt": PROMPT, "duration": 3, "aspect_ratio": "9:16", "mode": "professional"}
-                )
-                assert not made.is_error, made.content
-                return str(made.structured_content["id"])
+        headers = {"Authorization": f"Bearer {key}"}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=120) as http,
+            Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+        ):
+            args = {"prompt": PROMPT, "duration": 3, "aspect_ratio": "9:16", "mode": "professional"}
+            made = await client.call_tool("generate", args)
+            assert not made.is_error, made.content
+            return str(made.structured_content["id"])
 
     result: str = anyio.run(main)
     return result

@@ -19,10 +19,20 @@ from starlette.datastructures import UploadFile
 
 from reelgen.api.auth import CurrentAccount
 from reelgen.api.errors import _text, status_for
+from reelgen.api.openapi import PROMPT
 from reelgen.api.streaming import mp4_response
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.schemas import (
+    IMAGE_TO_VIDEO,
+    IMAGE_URL_PATTERN,
+    MAX_DURATION,
+    MAX_PROMPT_CHARS,
+    MIN_DURATION,
+    TEXT_TO_VIDEO,
+)
 from reelgen.service import Context
 from reelgen.service import videos as service
+from reelgen.video_view import DEFAULT_SIZE, MODELS, SIZES
 
 __all__ = ["OPENAI_PATHS", "openai_error", "router"]
 
@@ -152,47 +162,72 @@ def _responses(model: Any, *errors: int) -> dict[int | str, dict[str, Any]]:
 OPENAI_PATHS = ("/v1/videos",)
 
 _REF = {"type": "string", "format": "binary"}
+_PROMPT = {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": PROMPT}
+#: what ``service.videos`` takes as ``seconds``: digits (leading zeros allowed), 3-15 on this schema
+_SECONDS_TEXT = {"type": "string", "pattern": "^0{0,4}(?:[3-9]|1[0-5])$"}
+_SECONDS = {"oneOf": [_SECONDS_TEXT, {"type": "integer", "minimum": MIN_DURATION, "maximum": MAX_DURATION}]}
+_SIZE = {"type": "string", "enum": list(SIZES), "default": DEFAULT_SIZE}
+_OPENAI_MODELS = [m for m in MODELS if m not in (TEXT_TO_VIDEO, IMAGE_TO_VIDEO)]
+_IMAGE = {"type": "string", "pattern": IMAGE_URL_PATTERN}
+_REFERENCE = {
+    "oneOf": [
+        _IMAGE,
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["image_url"],
+            "properties": {"image_url": _IMAGE},
+        },
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["file_id"],
+            "properties": {"file_id": {"type": "string", "description": "the id POST /api/v1/upload answered"}},
+        },
+    ]
+}
+
+
+def _variants(seconds: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """Text-to-video (no ``input_reference``) or image-to-video (with one): ``model`` tells ours apart."""
+
+    def variant(models: list[str], with_reference: bool) -> dict[str, Any]:
+        props: dict[str, Any] = {
+            "prompt": _PROMPT,
+            "model": {"type": "string", "enum": models, "default": "sora-2"},
+            "seconds": seconds,
+            "size": _SIZE,
+        }
+        if with_reference:
+            props["input_reference"] = reference
+        required = ["prompt", "input_reference"] if with_reference else ["prompt"]
+        return {"type": "object", "additionalProperties": False, "required": required, "properties": props}
+
+    return {
+        "oneOf": [
+            variant([*_OPENAI_MODELS, TEXT_TO_VIDEO], False),
+            variant([*_OPENAI_MODELS, IMAGE_TO_VIDEO], True),
+        ]
+    }
+
+
 CREATE_BODY = {
     "required": True,
     "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "prompt": {"type": "string"},
-                    "model": {"type": "string", "default": "sora-2"},
-                    "seconds": {"type": "string", "default": "4"},
-                    "size": {"type": "string", "default": "720x1280"},
-                    "input_reference": {
-                        "type": "object",
-                        "properties": {"image_url": {"type": "string"}, "file_id": {"type": "string"}},
-                    },
-                    "callback_url": {"type": "string"},
-                },
-                "required": ["prompt"],
-            }
-        },
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "prompt": {"type": "string"},
-                    "model": {"type": "string"},
-                    "seconds": {"type": "string"},
-                    "size": {"type": "string"},
-                    "input_reference": _REF,
-                    "callback_url": {"type": "string"},
-                },
-                "required": ["prompt"],
-            }
-        },
+        "application/json": {"schema": _variants(_SECONDS, _REFERENCE)},
+        "multipart/form-data": {"schema": _variants(_SECONDS_TEXT, _REF)},
     },
 }
 REMIX_BODY = {
     "required": True,
     "content": {
         "application/json": {
-            "schema": {"type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}
+            "schema": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["prompt"],
+                "properties": {"prompt": _PROMPT},
+            }
         }
     },
 }
@@ -254,12 +289,12 @@ async def create_video(request: Request, account: CurrentAccount) -> dict[str, A
     return await run_in_threadpool(service.create, _ctx(request), account, fields, image, idempotency_key=idem)
 
 
-@router.get("/v1/videos", response_model=None, responses=_responses(VideoList))
+@router.get("/v1/videos", response_model=None, responses=_responses(VideoList, 404))
 def list_videos(
     request: Request,
     account: CurrentAccount,
     after: str | None = Query(None, max_length=64, description="the last id of the previous page"),
-    limit: int = Query(20, description="1-100"),
+    limit: int = Query(20, ge=1, le=100, description="1-100"),
     order: Literal["asc", "desc"] = Query("desc", description="by creation time"),
 ) -> dict[str, Any]:
     """The caller's videos (every task, whichever door created it), newest first by default."""

@@ -10,6 +10,7 @@ model id and size asked for, a remix's original, a deletion) is kept in ``store.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -74,7 +75,7 @@ def door_error(exc: ReelgenError) -> ReelgenError:
         return text
 
     message = words(exc.message)
-    if exc.code == ErrorCode.TASK_NOT_FOUND:
+    if exc.code == ErrorCode.TASK_NOT_FOUND and not exc.details:
         message = "No video found with that id."
     details = None
     if exc.details:
@@ -88,8 +89,10 @@ def door_error(exc: ReelgenError) -> ReelgenError:
 def _seconds(value: Any) -> int:
     if value is None:
         return DEFAULT_SECONDS
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}", value):
+        return int(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 10**6:
+        return int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise _invalid("seconds", 'a whole number of seconds, such as "8"')
@@ -132,8 +135,8 @@ def _generate_body(
             details=[{"field": "model", "message": "unknown model"}],
         )
     size = fields.get("size", DEFAULT_SIZE)
-    if size not in MODELS[model]:
-        raise _invalid("size", f"{model} takes one of {', '.join(MODELS[model])}")
+    if not isinstance(size, str) or size not in SIZES:
+        raise _invalid("size", f"one of {', '.join(SIZES)}")
     ratio, mode = SIZES[size]
     seconds = _seconds(fields.get("seconds"))
     reference = _reference(ctx, account_id, fields.get("input_reference"), image)
@@ -251,7 +254,10 @@ def list_videos(
         try:
             anchor, _, _ = owned_task(ctx, account_id, after)
         except ReelgenError:
-            raise _invalid("after", "not the id of one of your videos") from None
+            message = "No video found with the id given as 'after'."
+            raise ReelgenError(
+                ErrorCode.TASK_NOT_FOUND, message, details=[{"field": "after", "message": message}]
+            ) from None
         start = (anchor.created_at, anchor.id)
 
     def read(conn: Connection) -> tuple[list[tasks.TaskRow], dict[str, videos.Video]]:
