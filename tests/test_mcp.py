@@ -22,7 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from reelgen import media, service
-from reelgen.store import ledger
+from reelgen.store import ledger, tasks, uploads
 from tests.api_fixtures import LiveServer
 from tests.factories import Account, make_account
 
@@ -149,8 +149,9 @@ def test_stdio_generate_uploads_local_image_and_waits(live: LiveServer, ctx: ser
     assert task["model"] == "kling-3-0-image-to-video"
     check_result(done, tmp_path, seen)
     assert got["url"] and got["size_bytes"] == done["size_bytes"]
-    stored = httpx.get(f"{live.url}/api/v1/tasks/{task['id']}", headers=owner.headers).json()["data"]
-    assert stored["input"]["image_urls"][0].startswith("reelgen-upload://") or "upload" in str(stored["input"])
+    # the local file was uploaded for the caller: the task names the upload, not a path or a data URI
+    row = ctx.db.run(lambda conn: tasks.get(conn, task["id"]))
+    assert row is not None and uploads.parse_url(row.input["image_urls"][0]) is not None
 
 
 def test_errors_are_tool_errors_with_codes_and_charge_nothing(

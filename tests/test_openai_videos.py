@@ -227,6 +227,12 @@ def test_auth_credits_not_found_and_json_errors(api: TestClient, ctx: service.Co
     assert r.status_code == 400 and r.json()["error"]["param"] == "order"
     r = api.get("/v1/videos", params={"after": "0" * 32})
     assert r.status_code == 404 and r.json()["error"]["param"] == "after" and "after" in r.json()["error"]["message"]
+    r = api.put("/v1/videos/abc")
+    assert (
+        r.status_code == 405
+        and r.headers["allow"] == "DELETE, GET"
+        and r.json()["error"]["code"] == "method_not_allowed"
+    )
     r = api.get("/v1/videos/abc/nothing-here")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     # the other doors keep their own envelope

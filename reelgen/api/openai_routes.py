@@ -358,7 +358,26 @@ async def remix_video(video_id: str, request: Request, account: CurrentAccount) 
     )
 
 
-@router.api_route("/v1/videos/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _method_not_allowed(path: str) -> None:
+    """Every other method on ``path``: 405 in this door's envelope, ``Allow`` naming the methods the
+    path has (Starlette would answer with one route's methods only, in the other envelope)."""
+    allowed = sorted({m for r in router.routes if isinstance(r, APIRoute) and r.path == path for m in r.methods})
+
+    def not_allowed() -> Response:
+        raise ReelgenError(ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed.", headers={"Allow": ", ".join(allowed)})
+
+    others = [m for m in _METHODS if m not in allowed]
+    router.add_api_route(path, not_allowed, methods=others, include_in_schema=False)
+
+
+for _path in sorted({r.path for r in router.routes if isinstance(r, APIRoute)}):
+    _method_not_allowed(_path)
+
+
+@router.api_route("/v1/videos/{rest:path}", methods=list(_METHODS), include_in_schema=False)
 def unknown_video_route(rest: str) -> Response:
     """Anything else under ``/v1/videos`` answers in this door's shape too."""
     raise ReelgenError(ErrorCode.NOT_FOUND, "Unknown route under /v1/videos.")

@@ -10,6 +10,7 @@ through the SDK) and ``/mcp`` on ``reelgen serve`` (``doors.mcp_http``, in-proce
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -154,6 +155,10 @@ async def _body(backend: Backend, args: dict[str, Any], *, upload: bool) -> dict
 
 def build_server(backend_for: Callable[[Context], Backend]) -> MCPServer:
     """The MCP server; ``backend_for(ctx)`` gives the backend of the caller of one tool call."""
+    # MCPServer() calls logging.basicConfig (a Rich handler on the root logger): keep the host
+    # process's logging as it was (``reelgen serve`` leaves root logging to uvicorn and the operator)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     server: MCPServer = MCPServer(
         name="reelgen",
         version=__version__,
@@ -163,6 +168,8 @@ def build_server(backend_for: Callable[[Context], Backend]) -> MCPServer:
             "and give the user the url. Credits are only taken for completed videos."
         ),
     )
+    root.handlers[:] = handlers
+    root.setLevel(level)
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
     @server.tool(annotations=read_only)
