@@ -169,6 +169,7 @@ def api(client: TestClient, owner: Account) -> Iterator[TestClient]:
         ({"prompt": "x", "size": "640x480"}, 400, "invalid_input", "size"),
         ({"prompt": "x", "size": 1280}, 400, "invalid_input", "size"),
         ({"prompt": "x", "seconds": " 4"}, 400, "invalid_input", "seconds"),
+        ({"prompt": "x", "input_reference": None}, 400, "invalid_input", "input_reference"),
         ({"prompt": "x", "model": "dall-e"}, 400, "invalid_model", "model"),
         ({"prompt": "x", "seconds": "four"}, 400, "invalid_input", "seconds"),
         ({"prompt": "x", "seconds": "99"}, 400, "invalid_input", "seconds"),

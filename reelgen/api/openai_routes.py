@@ -364,7 +364,7 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 def _method_not_allowed(path: str) -> None:
     """Every other method on ``path``: 405 in this door's envelope, ``Allow`` naming the methods the
     path has (Starlette would answer with one route's methods only, in the other envelope)."""
-    allowed = sorted({m for r in router.routes if isinstance(r, APIRoute) and r.path == path for m in r.methods})
+    allowed = sorted({m for r in router.routes if isinstance(r, APIRoute) and r.path == path for m in r.methods or ()})
 
     def not_allowed() -> Response:
         raise ReelgenError(ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed.", headers={"Allow": ", ".join(allowed)})

@@ -265,6 +265,7 @@ def document(app: FastAPI, routers: Sequence[APIRouter] = ()) -> dict[str, Any]:
                 continue
             op["responses"] = _responses(key, op.get("responses", {}), models.get(key), components)
     _link_task_routes(paths)
+    _link_video_routes(paths)
     app.openapi_schema = copy.deepcopy(schema)
     return app.openapi_schema
 
@@ -302,3 +303,20 @@ def _link_task_routes(paths: dict[str, Any]) -> None:
                 name: {"operationId": op_id, "parameters": {"task_id": "$response.body#/data/id"}}
                 for name, op_id in sorted(takers.items())
             }
+
+
+def _link_video_routes(paths: dict[str, Any]) -> None:
+    """The same for ``POST /v1/videos``: its ``id`` goes to every operation taking ``{video_id}``."""
+    ok = paths.get("/v1/videos", {}).get("post", {}).get("responses", {}).get("200")
+    if ok is None:
+        return
+    ok["links"] = {
+        f"{method}{path}".replace("/", "_").replace("{", "").replace("}", ""): {
+            "operationId": op["operationId"],
+            "parameters": {"video_id": "$response.body#/id"},
+        }
+        for path, item in sorted(paths.items())
+        if "{video_id}" in path
+        for method, op in sorted(item.items())
+        if "operationId" in op
+    }

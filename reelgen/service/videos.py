@@ -127,6 +127,9 @@ def _generate_body(
     unknown = sorted(set(fields) - set(CREATE_FIELDS))
     if unknown:
         raise _invalid(unknown[0], f"unknown parameter (this route takes {', '.join(CREATE_FIELDS)})")
+    nulls = sorted(k for k, v in fields.items() if v is None and k != "callback_url")
+    if nulls:
+        raise _invalid(nulls[0], "null is not a value here; leave the parameter out for its default")
     model = fields.get("model", DEFAULT_MODEL)
     if not isinstance(model, str) or model not in MODELS:
         raise ReelgenError(
