@@ -113,6 +113,8 @@ def test_sdk_create_poll_content_list_remix_delete(
     assert balance(ctx, owner) == ledger.Balance(available=5000 - 252, reserved=0, captured=252, granted=5000)
     task = httpx.get(f"{live.url}/api/v1/tasks/{video.id}", headers=owner.headers).json()["data"]
     assert task["status"] == "completed" and task["result"] is None and task["creditsUsed"] == 126
+    gone = httpx.get(f"{live.url}/api/v1/tasks/{video.id}/download", headers=owner.headers)
+    assert gone.status_code == 409 and gone.json()["error"]["message"] == "The task's result was deleted."
     assert ctx.db.run(ledger.check) == []
 
 
