@@ -204,9 +204,7 @@ def _local_uploads(ctx: Context, inp: GenerateInput, base_url: str | None) -> Ge
     return inp.model_copy(update={"image_urls": tuple(urls)})
 
 
-def _check_uploads(
-    conn: Connection, account_id: str, image_urls: tuple[str, ...] | None, now: datetime | None
-) -> None:
+def _check_uploads(conn: Connection, account_id: str, image_urls: tuple[str, ...] | None, now: datetime | None) -> None:
     """Every upload URL must name one of the caller's uploads (else ``INVALID_INPUT``); with ``now``
     each is marked used, so the retention purge keeps it (``estimate`` checks without writing)."""
     for i, url in enumerate(image_urls or ()):

@@ -2,7 +2,7 @@
 remix came from, and when the stored result was deleted (``DELETE /v1/videos/{id}``).
 
 Revision ID: 0008
-Revises: 0011
+Revises: 0006
 Create Date: 2026-11-30
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0011"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
