@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 
 from reelgen.api.auth import CurrentAccount
 from reelgen.api.errors import _text, status_for
+from reelgen.api.head import is_head
 from reelgen.api.openapi import PROMPT
 from reelgen.api.streaming import mp4_response
 from reelgen.errors import ErrorCode, ReelgenError
@@ -336,7 +337,7 @@ def video_content(
     if isinstance(found, service.Preview):
         headers = {"Content-Disposition": f'inline; filename="{found.filename}"'}
         return Response(found.data, media_type=found.media_type, headers=headers)
-    return mp4_response(ctx.storage, found, request.headers.get("range"))
+    return mp4_response(found, request.headers.get("range"), head=is_head(request))
 
 
 @router.post(

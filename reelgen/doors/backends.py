@@ -102,6 +102,7 @@ class ServiceBackend:
         if task.status != "completed":
             return None
         result = await self._run(service.result_for_owner, self.account, task.id)
+        result.file.close()  # only its size is wanted
         return int(result.size)
 
     async def follow(self, task_id: str) -> AsyncIterator[Task]:

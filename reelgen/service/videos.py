@@ -326,14 +326,11 @@ def content(ctx: Context, account_id: str, video_id: str, variant: str) -> Resul
         return result
     key = _preview_key(result.key, variant)
     media_type, ext = ("image/webp", "webp") if variant == "thumbnail" else ("image/jpeg", "jpg")
-    if ctx.storage.exists(key):
-        with ctx.storage.open(key) as f:
-            return Preview(f.read(), media_type, f"{video_id}.{variant}.{ext}")
-    if result.path is not None:
-        data = _make(variant, result.path)
-    else:
-        with ctx.storage.open(result.key) as f:
-            data = _make(variant, f)
+    with result.file as video:  # opened by ``result_for_owner``; closed here whatever happens
+        if ctx.storage.exists(key):
+            with ctx.storage.open(key) as f:
+                return Preview(f.read(), media_type, f"{video_id}.{variant}.{ext}")
+        data = _make(variant, video)
     scratch = ctx.storage.temp_path(f"preview-{video_id}-{variant}")
     try:
         scratch.write_bytes(data)
