@@ -164,6 +164,7 @@ class ClientBackend:
             httpx.AsyncClient(timeout=30) as http,
             http.stream("GET", url, headers={"Range": "bytes=0-0"}) as response,
         ):
+            await response.aread()  # the one byte: the server finishes its response before we close
             total = response.headers.get("content-range", "").rpartition("/")[2]
             if total.isdigit():
                 return int(total)
