@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="the server's models and prices")
     _add_server_args(p)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("mcp", help="an MCP server on stdin/stdout for AI agents, talking to a reelgen server")
+    _add_server_args(p)
     return parser
 
 
@@ -435,7 +438,15 @@ def _user_verb(args: argparse.Namespace) -> Any:
         return cmd_generate
     if args.command == "credits" and args.action is None:
         return cmd_credits
-    return {"tasks": cmd_tasks, "models": cmd_models, "upload": cmd_upload}.get(args.command)
+    return {"tasks": cmd_tasks, "models": cmd_models, "upload": cmd_upload, "mcp": cmd_mcp}.get(args.command)
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """``reelgen mcp``: serve MCP on stdio until the client closes it (``reelgen/doors/mcp_tools.py``)."""
+    from reelgen.doors.mcp_tools import run_stdio
+
+    run_stdio(args.api_key, args.server)
+    return 0
 
 
 def _one_line(text: str) -> str:
