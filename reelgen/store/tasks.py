@@ -8,6 +8,7 @@ or publish its result. Finishing moves the credits in the same transaction as th
 
 Call the writing functions inside ``db.run(fn, immediate=True)``: on SQLite that serialises them on
 the write lock, on PostgreSQL claims use ``FOR UPDATE SKIP LOCKED`` and the ledger locks the account.
+Which pending task a claim takes is the fair queue's choice (``store.fair``).
 
 Over 400 lines on purpose: every verb here relies on the same fenced conditional write
 (``_move``, checked against ``TaskStatus.can_move_to``), and keeping them in one module keeps that
@@ -17,6 +18,7 @@ invariant in one place.
 from __future__ import annotations
 
 import json
+import statistics
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,7 +28,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.store import ledger, webhooks
+from reelgen.store import fair, ledger, webhooks
 from reelgen.store.tables import tasks
 from reelgen.views import webhook_object
 
@@ -43,6 +45,7 @@ __all__ = [
     "count_active",
     "count_pending",
     "create",
+    "expected_cost_us",
     "expire_holds",
     "fail",
     "get",
@@ -166,13 +169,16 @@ def create(
 
     ``task_id`` defaults to a new random UUID4 hex (122 random bits); pass one only to reserve first.
     ``request_class`` groups tasks whose run times predict each other's (see ``recent_run_seconds``);
-    ``callback_url`` is owed a webhook when the task ends (see ``store.webhooks``).
+    ``callback_url`` is owed a webhook when the task ends (see ``store.webhooks``). The task's
+    expected GPU time (what the fair queue charges its account when it is claimed, ``store.fair``)
+    is the median of the class's recent runs, else the video's seconds.
     """
     if isinstance(price, bool) or not isinstance(price, int) or price <= 0:
         raise ValueError(f"price must be a positive number of credits (got {price!r})")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1 (got {max_attempts})")
     task_id = task_id or uuid.uuid4().hex
+    fair.join(conn, account_id)
     conn.execute(
         insert(tasks).values(
             id=task_id,
@@ -191,6 +197,7 @@ def create(
             created_at=now,
             request_class=request_class,
             callback_url=callback_url,
+            cost_us=expected_cost_us(conn, request_class, input),
         )
     )
     task = get(conn, task_id)
@@ -210,37 +217,27 @@ def _require(conn: Connection, task_id: str) -> TaskRow:
     return task
 
 
+def expected_cost_us(conn: Connection, request_class: str | None, input: dict[str, Any]) -> int:
+    """A new task's expected GPU microseconds: the median run time of the latest completed tasks of
+    its request class, else (no history yet) its video's seconds; at least a millisecond."""
+    runs = recent_run_seconds(conn, request_class) if request_class is not None else []
+    seconds = statistics.median(runs) if runs else float(input.get("duration") or 5)
+    return max(1000, round(seconds * 1_000_000))
+
+
 def queue_position(conn: Connection, task_id: str) -> int | None:
     """How many pending tasks will be claimed before this one (0 = next); None unless pending.
 
-    Only tasks of the same profile count: workers claim per profile (``claim(profile=...)``), so
-    those are the tasks ahead of it, and the ETA (``progress``) is built on the same number.
+    The fair order of ``claim`` (``store.fair``) as things stand now; only tasks of the same
+    profile count, since workers claim per profile (``claim(profile=...)``), and the ETA
+    (``progress``) is built on the same number.
     """
     return queue_positions(conn, [task_id]).get(task_id)
 
 
 def queue_positions(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
     """``queue_position`` of each pending task among ``task_ids``, in one query (others are absent)."""
-    if not task_ids:
-        return {}
-    ahead = tasks.alias("ahead")
-    count_ahead = (
-        select(func.count())
-        .select_from(ahead)
-        .where(
-            ahead.c.status == _PENDING,
-            ahead.c.profile == tasks.c.profile,
-            or_(
-                ahead.c.created_at < tasks.c.created_at,
-                and_(ahead.c.created_at == tasks.c.created_at, ahead.c.id < tasks.c.id),
-            ),
-        )
-        .scalar_subquery()
-    )
-    rows = conn.execute(
-        select(tasks.c.id, count_ahead).where(tasks.c.id.in_(list(task_ids)), tasks.c.status == _PENDING)
-    ).all()
-    return {row[0]: int(row[1]) for row in rows}
+    return fair.positions(conn, task_ids)
 
 
 def claim(
@@ -251,19 +248,15 @@ def claim(
     now: datetime,
     profile: str | None = None,
 ) -> TaskRow | None:
-    """Take the oldest pending task (of ``profile``, if given) as a new attempt; None if none waits."""
+    """Take the pending task the fair order puts first (of ``profile``, if given) as a new attempt,
+    and charge its account (``store.fair``); None if none waits."""
     for _ in range(_CLAIM_TRIES):
-        oldest = select(tasks.c.id).where(tasks.c.status == _PENDING).order_by(tasks.c.created_at, tasks.c.id).limit(1)
-        if profile is not None:
-            oldest = oldest.where(tasks.c.profile == profile)
-        if _is_postgres(conn):
-            oldest = oldest.with_for_update(skip_locked=True)
-        task_id = conn.execute(oldest).scalar_one_or_none()
-        if task_id is None:
+        head = fair.pick(conn, profile)
+        if head is None:
             return None
         won = _move(
             conn,
-            task_id,
+            head.task_id,
             _PENDING,
             None,
             status=_PROCESSING,
@@ -275,7 +268,8 @@ def claim(
             progress=0,
         )
         if won:
-            return get(conn, task_id)
+            fair.charge(conn, head)
+            return get(conn, head.task_id)
     return None
 
 
