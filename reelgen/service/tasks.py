@@ -156,12 +156,12 @@ def _check_uploads(conn: Connection, account_id: str, image_urls: tuple[str, ...
 
 
 def estimate(ctx: Context, account_id: str, body: Any) -> dict[str, Any]:
-    """What ``submit`` would charge for ``body`` and how long it would likely take; writes nothing."""
-    del account_id  # prices are the same for every account; the key is still required
+    """What ``submit`` would charge for ``body`` and how long it would likely take (the caller's
+    place in the fair queue included); writes nothing."""
     request, price = _validated(ctx, body)
     klass = progress.request_class(ctx.profile.name, request.model, request.input)
     workers = len(ctx.settings.device_list)
-    eta = ctx.db.run(lambda conn: progress.eta_for_new(conn, klass, ctx.profile.name, workers))
+    eta = ctx.db.run(lambda conn: progress.eta_for_new(conn, klass, ctx.profile.name, workers, account_id))
     return {"model": request.model, "credits": price, "etaSeconds": eta}
 
 

@@ -1,33 +1,33 @@
-"""Fair queueing across accounts: which pending task is claimed next, and where each one stands.
+"""Fair queueing across accounts: the order in which pending tasks are claimed.
 
 Policy (start-time fair queueing over accounts, with strict priority tiers):
 
 * every account has a **tier** (``high``, ``normal``, ``batch``; default ``normal``) and a
   **weight** (1-1000, default 1), both set by the operator (``reelgen keys limits``);
-* every task carries its **expected GPU time** (``tasks.cost_us``, fixed at submit from the
-  median run time of recent tasks of the same request class, else its video's seconds);
-* every account has a **virtual time** (``account_queue.vtime``): the expected GPU microseconds of
-  the tasks it has had claimed, divided by its weight. A claim takes, from the highest tier that has
-  pending work, the account with the smallest virtual time (ties: the smaller account id), takes
-  that account's oldest pending task (FIFO within an account) and advances the account's virtual
-  time by ``cost_us // weight``. ``batch`` work therefore runs only when nothing else waits;
-* an account that had nothing pending joins at the queue's clock (the largest virtual time at
-  which any task started, ``max(last_start)``), so being idle earns no credit for later: "least
-  GPU time *recently*".
+* every task carries its **expected GPU time** (``tasks.cost_us``: the median run time of recent
+  tasks of the same request class, else its video's seconds);
+* every account has a **virtual time** (``account_queue.vtime``): where its next task starts. A
+  new task starts at the account's virtual time, or at the queue's **clock** if that is later (the
+  largest start of any claimed task: an account that was idle earns no credit for later, so it is
+  "the least GPU time *recently*"), and moves the account's virtual time on by
+  ``cost_us // weight``. The task keeps that start (``tasks.vstart``) and the account's tier
+  (``tasks.tier``);
+* workers claim the pending task with the smallest ``(tier, vstart, created_at, id)``: a higher
+  tier always first (``batch`` work runs only when nothing else waits), then the smallest start,
+  which interleaves accounts by weighted GPU time and keeps each account's tasks FIFO.
 
-The bookkeeping lives in the database (one ``account_queue`` row per account, written in the
-transactions that create and claim tasks), so it holds across API replicas and workers. A claim is
-one statement that picks the task (PostgreSQL: a ``LATERAL`` head per account, ``FOR UPDATE SKIP
-LOCKED``; SQLite: a correlated head under the write lock), then the fenced move and one
-``account_queue`` update, in one short transaction. The partial index
-``ix_tasks_pending_account_queue`` (pending tasks by account, profile, age) makes each account's
-head one index probe, so a claim costs one probe per account looked at, whatever the queue's length.
+So the tags are assigned in the transaction that creates the task (one atomic ``UPDATE ...
+RETURNING`` of the account's row) and the claim stays the single ``SELECT ... ORDER BY ... LIMIT
+1`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) it always was, over the partial index
+``ix_tasks_pending_fair`` (pending tasks by profile, tier, start, age): one index probe whatever
+the queue's length. The bookkeeping lives in the database, so it holds across API replicas and
+workers. A task's queue position is the number of pending tasks of its profile before it in that
+same order, which is exactly the order they will be claimed in unless a task from an account with
+less recent GPU time (or a higher tier) arrives meanwhile. Scheduling never touches the ledger.
 
-The claim order is the order of ``(tier, start, account id)`` over pending tasks, where a task's
-``start`` is its account's virtual time plus the charges of the account's older pending tasks;
-``positions`` ranks by exactly that, so a reported queue position is the claim order as things
-stand (a later submit from an account with less recent GPU time, or a higher tier, can still go
-ahead). Scheduling never touches the ledger.
+A weight change applies to tasks submitted afterwards; a tier change also moves the account's
+pending tasks. A requeued task (handed back, or its lease expired) keeps its start, so it goes
+back to the head of its account's line. A cancelled pending task's GPU time stays charged.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, exists, func, literal, select, update
+from sqlalchemy import func, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from reelgen.errors import ErrorCode, ReelgenError
@@ -51,15 +51,15 @@ __all__ = [
     "DEFAULT_TIER",
     "MAX_WEIGHT",
     "TIERS",
-    "Head",
     "Schedule",
-    "charge",
+    "Tag",
+    "claim_order",
     "get_schedule",
-    "join",
-    "pick",
     "position_for_new",
     "positions",
     "set_schedule",
+    "started",
+    "tag",
 ]
 
 TIERS = QUEUE_TIERS
@@ -74,19 +74,16 @@ class Schedule:
 
     weight: int
     tier: str
-    #: expected GPU microseconds claimed so far, divided by the weight
+    #: where the account's next task starts (expected GPU microseconds divided by weight)
     vtime: int
 
 
 @dataclass(frozen=True)
-class Head:
-    """The task a claim should take: the oldest pending task of the account due next."""
+class Tag:
+    """Where a new task goes in the claim order: its account's tier and its start."""
 
-    task_id: str
-    account_id: str
-    #: the account's virtual time now (the task's start) and what claiming the task adds to it
-    start: int
-    charge: int
+    tier: int
+    vstart: int
 
 
 def _is_postgres(conn: Connection) -> bool:
@@ -103,136 +100,80 @@ def _insert_missing(conn: Connection, account_id: str) -> None:
     conn.execute(dialect_insert(account_queue).values(account_id=account_id).on_conflict_do_nothing())
 
 
-def join(conn: Connection, account_id: str) -> None:
-    """Before a task is created for ``account_id``: make sure the account is in the queue, and if it
-    had nothing pending, bring its virtual time up to the queue's clock (idle time earns no credit)."""
+def _clock() -> ColumnElement[int]:
+    """The queue's clock: the largest start of any claimed task (0 before the first claim)."""
+    return select(func.coalesce(func.max(account_queue.c.last_start), 0)).scalar_subquery()
+
+
+def tag(conn: Connection, account_id: str, cost_us: int) -> Tag:
+    """A new task of ``account_id`` expected to take ``cost_us``: its tier and start, and the
+    account's virtual time moved past it, in one atomic update (concurrent submits of one account
+    get consecutive starts)."""
     _insert_missing(conn, account_id)
-    pending = exists().where(tasks.c.account_id == account_id, tasks.c.status == _PENDING)
-    if conn.execute(select(pending)).scalar():
-        return
-    clock = select(func.coalesce(func.max(account_queue.c.last_start), 0)).scalar_subquery()
-    conn.execute(
-        update(account_queue)
-        .where(account_queue.c.account_id == account_id)
-        .values(vtime=_greatest(conn, account_queue.c.vtime, clock))
-    )
-
-
-def pick(conn: Connection, profile: str | None) -> Head | None:
-    """The task the fair order claims next (of ``profile``, if given); None if none waits.
-
-    On PostgreSQL the task row is locked ``FOR UPDATE SKIP LOCKED``: concurrent claims take the
-    next task instead of waiting (of the same account or the next one).
-    """
     q = account_queue
-    where = [tasks.c.account_id == q.c.account_id, tasks.c.status == _PENDING]
-    if profile is not None:
-        where.append(tasks.c.profile == profile)
-    order = (q.c.tier, q.c.vtime, q.c.account_id)
-    if _is_postgres(conn):
-        head = (
-            select(tasks.c.id, tasks.c.cost_us)
-            .where(*where)
-            .order_by(tasks.c.created_at, tasks.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .lateral("head")
-        )
-        stmt = (
-            select(head.c.id, head.c.cost_us, q.c.account_id, q.c.vtime, q.c.weight)
-            .select_from(q.join(head, literal(True)))
-            .order_by(*order)
-            .limit(1)
-        )
-    else:  # SQLite: the immediate transaction holds the write lock, nobody else claims meanwhile
-        first = select(tasks.c.id).where(*where).order_by(tasks.c.created_at, tasks.c.id).limit(1)
-        head_id = first.scalar_subquery().correlate(q)
-        stmt = (
-            select(head_id.label("id"), literal(0).label("cost_us"), q.c.account_id, q.c.vtime, q.c.weight)
-            .where(exists(first.correlate(q)))
-            .order_by(*order)
-            .limit(1)
-        )
-    row = conn.execute(stmt).one_or_none()
-    if row is None:
-        return None
-    cost = int(row.cost_us)
-    if not cost:  # SQLite: read the head's cost
-        cost = int(conn.execute(select(tasks.c.cost_us).where(tasks.c.id == row.id)).scalar_one())
-    return Head(task_id=row.id, account_id=row.account_id, start=int(row.vtime), charge=cost // int(row.weight))
+    row = conn.execute(
+        update(q)
+        .where(q.c.account_id == account_id)
+        .values(vtime=_greatest(conn, q.c.vtime, _clock()) + cost_us // q.c.weight)
+        .returning(q.c.vtime, q.c.weight, q.c.tier)
+    ).one()
+    return Tag(tier=int(row.tier), vstart=int(row.vtime) - cost_us // int(row.weight))
 
 
-def charge(conn: Connection, head: Head) -> None:
-    """The head was claimed: advance its account's virtual time by the task's charge."""
-    conn.execute(
-        update(account_queue)
-        .where(account_queue.c.account_id == head.account_id)
-        .values(
-            vtime=account_queue.c.vtime + head.charge,
-            last_start=_greatest(conn, account_queue.c.last_start, literal(head.start)),
-        )
-    )
+def claim_order() -> tuple[ColumnElement[object], ...]:
+    """The columns pending tasks are claimed in (``ix_tasks_pending_fair`` after the profile)."""
+    return (tasks.c.tier, tasks.c.vstart, tasks.c.created_at, tasks.c.id)
 
 
-def _starts(by_profile: bool) -> ColumnElement[int]:
-    """A pending task's start: its account's virtual time plus the charges of the account's older
-    pending tasks (of the same profile when ``by_profile``), as ``pick`` and ``charge`` will advance it."""
+def started(conn: Connection, account_id: str, vstart: int) -> None:
+    """A task of ``account_id`` that starts at ``vstart`` was claimed: move the queue's clock."""
     q = account_queue
-    step = tasks.c.cost_us // q.c.weight  # integer division on both databases, as ``pick`` charges
-    partition = (tasks.c.account_id, tasks.c.profile) if by_profile else (tasks.c.account_id,)
-    earlier = func.sum(step).over(partition_by=partition, order_by=(tasks.c.created_at, tasks.c.id), rows=(None, -1))
-    return (q.c.vtime + func.coalesce(earlier, 0)).label("start")
+    conn.execute(
+        update(q)
+        .where(q.c.account_id == account_id, q.c.last_start < vstart)
+        .values(last_start=_greatest(conn, q.c.last_start, literal(vstart)))
+    )
 
 
 def positions(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
-    """How many pending tasks of the same profile the fair order claims before each pending task of
+    """How many pending tasks of the same profile are claimed before each pending task of
     ``task_ids`` (0 = next), in one query; tasks that are not pending are absent."""
     if not task_ids:
         return {}
-    wanted = select(tasks.c.profile).where(tasks.c.id.in_(list(task_ids)), tasks.c.status == _PENDING).distinct()
-    q = account_queue
-    pend = (
-        select(tasks.c.id, tasks.c.profile, tasks.c.created_at, q.c.tier, q.c.account_id, _starts(by_profile=True))
-        .select_from(tasks.join(q, q.c.account_id == tasks.c.account_id))
-        .where(tasks.c.status == _PENDING, tasks.c.profile.in_(wanted))
-        .subquery("pend")
+    ahead = tasks.alias("ahead")
+    mine = tuple_(*claim_order())
+    theirs = tuple_(ahead.c.tier, ahead.c.vstart, ahead.c.created_at, ahead.c.id)
+    count_ahead = (
+        select(func.count())
+        .select_from(ahead)
+        .where(ahead.c.status == _PENDING, ahead.c.profile == tasks.c.profile, theirs < mine)
+        .scalar_subquery()
     )
-    rank = (
-        func.row_number().over(
-            partition_by=pend.c.profile,
-            order_by=(pend.c.tier, pend.c.start, pend.c.account_id, pend.c.created_at, pend.c.id),
-        )
-        - 1
-    ).label("position")
-    ranked = select(pend.c.id, rank).subquery("ranked")
-    rows = conn.execute(select(ranked.c.id, ranked.c.position).where(ranked.c.id.in_(list(task_ids)))).all()
+    rows = conn.execute(
+        select(tasks.c.id, count_ahead).where(tasks.c.id.in_(list(task_ids)), tasks.c.status == _PENDING)
+    ).all()
     return {row[0]: int(row[1]) for row in rows}
 
 
-def position_for_new(conn: Connection, account_id: str, profile: str, cost_us: int) -> int:
-    """How many pending tasks of ``profile`` would be claimed before a task of ``cost_us`` that
-    ``account_id`` submitted now (its estimate: nothing is written)."""
-    row = conn.execute(select(account_queue).where(account_queue.c.account_id == account_id)).one_or_none()
-    weight, tier, vtime = (1, TIERS.index(DEFAULT_TIER), 0) if row is None else (row.weight, row.tier, row.vtime)
-    mine = select(func.coalesce(func.sum(tasks.c.cost_us // weight), 0)).where(
-        tasks.c.account_id == account_id, tasks.c.status == _PENDING, tasks.c.profile == profile
-    )
-    queued = int(conn.execute(mine).scalar_one())
-    if not queued:  # it would join at the clock
-        clock = int(conn.execute(select(func.coalesce(func.max(account_queue.c.last_start), 0))).scalar_one())
-        vtime = max(int(vtime), clock)
-    my_start = int(vtime) + queued
+def position_for_new(conn: Connection, account_id: str, profile: str) -> int:
+    """How many pending tasks of ``profile`` would be claimed before a task that ``account_id``
+    submitted now (for an estimate: nothing is written)."""
     q = account_queue
-    pend = (
-        select(q.c.tier, q.c.account_id, _starts(by_profile=False))
-        .select_from(tasks.join(q, q.c.account_id == tasks.c.account_id))
-        .where(tasks.c.status == _PENDING, tasks.c.profile == profile)
-        .subquery("pend")
-    )
-    ahead = select(func.count()).where(
-        (pend.c.tier < tier)
-        | and_(pend.c.tier == tier, pend.c.start < my_start)
-        | and_(pend.c.tier == tier, pend.c.start == my_start, pend.c.account_id <= account_id)
+    row = conn.execute(
+        select(q.c.tier, _greatest(conn, q.c.vtime, _clock()).label("start")).where(q.c.account_id == account_id)
+    ).one_or_none()
+    if row is None:  # the account's first task: normal tier, at the clock
+        tier, start = TIERS.index(DEFAULT_TIER), int(conn.execute(select(_clock())).scalar_one())
+    else:
+        tier, start = int(row.tier), int(row.start)
+    ahead = (
+        select(func.count())
+        .select_from(tasks)
+        .where(
+            tasks.c.status == _PENDING,
+            tasks.c.profile == profile,
+            tuple_(tasks.c.tier, tasks.c.vstart) <= tuple_(literal(tier), literal(start)),
+        )
     )
     return int(conn.execute(ahead).scalar_one())
 
@@ -246,18 +187,24 @@ def get_schedule(conn: Connection, account_id: str) -> Schedule:
 
 
 def set_schedule(conn: Connection, account_id: str, *, weight: int | None, tier: str | None) -> None:
-    """Operator: set the account's weight (1-1000) and/or tier (None leaves one as it is)."""
+    """Operator: set the account's weight (1-1000; for tasks submitted from now on) and/or tier (its
+    pending tasks move too); None leaves one as it is. ``ACCOUNT_NOT_FOUND``, ``INVALID_INPUT``."""
     if conn.execute(select(accounts.c.id).where(accounts.c.id == account_id)).one_or_none() is None:
         raise ReelgenError(ErrorCode.ACCOUNT_NOT_FOUND, f"Account {account_id} not found.")
-    if weight is not None and not 1 <= weight <= MAX_WEIGHT:
+    if weight is not None and (isinstance(weight, bool) or not 1 <= weight <= MAX_WEIGHT):
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"The weight is a whole number from 1 to {MAX_WEIGHT}.")
     if tier is not None and tier not in TIERS:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"The tier is one of {', '.join(TIERS)}.")
+    _insert_missing(conn, account_id)
     values: dict[str, int] = {}
     if weight is not None:
         values["weight"] = weight
     if tier is not None:
         values["tier"] = TIERS.index(tier)
-    _insert_missing(conn, account_id)
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.account_id == account_id, tasks.c.status == _PENDING)
+            .values(tier=TIERS.index(tier))
+        )
     if values:
         conn.execute(update(account_queue).where(account_queue.c.account_id == account_id).values(**values))

@@ -161,8 +161,11 @@ tasks = Table(
     # model, mode, duration bucket and audio: the runs an ETA is learned from (migration 0002)
     Column("request_class", String(200), nullable=True),
     Column("callback_url", Text, nullable=True),  # where the end of the task is POSTed (migration 0003)
-    # expected GPU microseconds, charged to the account's virtual time when claimed (migration 0007)
+    # the fair queue (migration 0007, store.fair): expected GPU microseconds, the account's tier
+    # when submitted (0 high, 1 normal, 2 batch) and the task's start in the account's virtual time
     Column("cost_us", BigInteger, nullable=False, server_default="1000000"),
+    Column("tier", Integer, nullable=False, server_default="1"),
+    Column("vstart", BigInteger, nullable=False, server_default="0"),
     CheckConstraint(_in("status", TASK_STATUSES), name="status_known"),
     CheckConstraint("progress >= 0 AND progress <= 100", name="progress_range"),
     CheckConstraint("price > 0", name="price_positive"),
@@ -170,11 +173,12 @@ tasks = Table(
     Index("ix_tasks_status_created_at", "status", "created_at"),
     Index("ix_tasks_account_id_created_at", "account_id", "created_at"),
     Index("ix_tasks_request_class_completed_at", "request_class", "completed_at"),
-    # the fair queue: each account's pending tasks in FIFO order (claim reads one head per account)
+    # the fair queue (store.fair): pending tasks in claim order, per profile
     Index(
-        "ix_tasks_pending_account_queue",
-        "account_id",
+        "ix_tasks_pending_fair",
         "profile",
+        "tier",
+        "vstart",
         "created_at",
         "id",
         postgresql_where=text("status = 'pending'"),
@@ -283,7 +287,8 @@ account_limits = Table(
 QUEUE_TIERS = ("high", "normal", "batch")
 
 # The fair queue's bookkeeping per account (migration 0007, ``store.fair``): the operator's weight
-# and tier, and the account's virtual time (expected GPU microseconds claimed, divided by weight).
+# and tier, and the account's virtual time (where its next task starts: expected GPU microseconds
+# divided by weight).
 account_queue = Table(
     "account_queue",
     metadata,
@@ -295,7 +300,6 @@ account_queue = Table(
     Column("last_start", BigInteger, nullable=False, server_default="0"),
     CheckConstraint("weight >= 1 AND weight <= 1000", name="weight_range"),
     CheckConstraint("tier >= 0 AND tier <= 2", name="tier_known"),
-    Index("ix_account_queue_tier_vtime", "tier", "vtime", "account_id"),
     Index("ix_account_queue_last_start", "last_start"),
 )
 

@@ -53,6 +53,7 @@ __all__ = [
     "heartbeat",
     "list_for_account",
     "queue_position",
+    "queue_position_for_new",
     "queue_positions",
     "recent_run_seconds",
     "rescue_expired",
@@ -178,7 +179,8 @@ def create(
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1 (got {max_attempts})")
     task_id = task_id or uuid.uuid4().hex
-    fair.join(conn, account_id)
+    cost_us = expected_cost_us(conn, request_class, input)
+    place = fair.tag(conn, account_id, cost_us)
     conn.execute(
         insert(tasks).values(
             id=task_id,
@@ -197,7 +199,9 @@ def create(
             created_at=now,
             request_class=request_class,
             callback_url=callback_url,
-            cost_us=expected_cost_us(conn, request_class, input),
+            cost_us=cost_us,
+            tier=place.tier,
+            vstart=place.vstart,
         )
     )
     task = get(conn, task_id)
@@ -240,6 +244,11 @@ def queue_positions(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]
     return fair.positions(conn, task_ids)
 
 
+def queue_position_for_new(conn: Connection, account_id: str, profile: str) -> int:
+    """How many pending tasks of ``profile`` would be claimed before a task ``account_id`` submitted now."""
+    return fair.position_for_new(conn, account_id, profile)
+
+
 def claim(
     conn: Connection,
     *,
@@ -248,15 +257,21 @@ def claim(
     now: datetime,
     profile: str | None = None,
 ) -> TaskRow | None:
-    """Take the pending task the fair order puts first (of ``profile``, if given) as a new attempt,
-    and charge its account (``store.fair``); None if none waits."""
+    """Take the pending task the fair order puts first (of ``profile``, if given; ``store.fair``)
+    as a new attempt; None if none waits."""
     for _ in range(_CLAIM_TRIES):
-        head = fair.pick(conn, profile)
+        first = select(tasks.c.id, tasks.c.account_id, tasks.c.vstart).where(tasks.c.status == _PENDING)
+        if profile is not None:
+            first = first.where(tasks.c.profile == profile)
+        first = first.order_by(*fair.claim_order()).limit(1)
+        if _is_postgres(conn):
+            first = first.with_for_update(skip_locked=True)
+        head = conn.execute(first).one_or_none()
         if head is None:
             return None
         won = _move(
             conn,
-            head.task_id,
+            head.id,
             _PENDING,
             None,
             status=_PROCESSING,
@@ -268,8 +283,8 @@ def claim(
             progress=0,
         )
         if won:
-            fair.charge(conn, head)
-            return get(conn, head.task_id)
+            fair.started(conn, head.account_id, int(head.vstart))
+            return get(conn, head.id)
     return None
 
 
