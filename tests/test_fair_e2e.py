@@ -69,7 +69,7 @@ def _positions(client: httpx.Client | TestClient, owned: dict[str, str]) -> dict
 
 def _statuses(db: Database, ids: Iterable[str]) -> dict[str, str]:
     stmt = sa.select(tasks.c.id, tasks.c.status).where(tasks.c.id.in_(list(ids)))
-    return dict(db.run(lambda conn: conn.execute(stmt).tuples().all()))
+    return {row.id: row.status for row in db.run(lambda conn: conn.execute(stmt).all())}
 
 
 def _start_order(db: Database) -> list[str]:

@@ -126,11 +126,19 @@ def claim_order() -> tuple[ColumnElement[object], ...]:
 
 
 def started(conn: Connection, account_id: str, vstart: int) -> None:
-    """A task of ``account_id`` that starts at ``vstart`` was claimed: move the queue's clock."""
+    """A task of ``account_id`` that starts at ``vstart`` was claimed: move the queue's clock.
+
+    On PostgreSQL a submit of the same account may hold the row until it commits; the claim does
+    not wait for it (``SKIP LOCKED``): the clock then moves at that account's next claim, which
+    only makes an idle account that joins meanwhile start a little earlier.
+    """
     q = account_queue
+    target = select(q.c.account_id).where(q.c.account_id == account_id, q.c.last_start < vstart)
+    if _is_postgres(conn):
+        target = target.with_for_update(skip_locked=True)
     conn.execute(
         update(q)
-        .where(q.c.account_id == account_id, q.c.last_start < vstart)
+        .where(q.c.account_id.in_(target.scalar_subquery()))
         .values(last_start=_greatest(conn, q.c.last_start, literal(vstart)))
     )
 
