@@ -3,7 +3,8 @@
 Account A submits 20 tasks, then B and C submit 3 each. With one worker (SQLite and PostgreSQL)
 and with two API replicas and two workers (PostgreSQL, separate processes), B's and C's tasks start
 within the next few claims instead of after A's 20; with one worker the order in which tasks start
-is exactly the order of the ``queuePosition`` the API reported. Once B and C are done, A's
+is exactly the order of the ``queuePosition`` the API reported. Weights and tiers are checked the
+same way with one worker. Once B and C are done, A's
 remaining tasks are cancelled (the rest of A's queue would show nothing new), and the ledger
 checks clean: scheduling moves no credits.
 """
@@ -89,6 +90,53 @@ def _active(db: Database) -> int:
     return int(db.run(lambda conn: conn.execute(stmt).scalar_one()))
 
 
+class OneWorker:
+    """One ``python -m reelgen.worker`` on the context's settings, stopped (SIGTERM) on exit."""
+
+    def __init__(self, ctx: service.Context, tmp_path: Path) -> None:
+        self.log = tmp_path / "worker.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "reelgen.worker", "--device", "cpu", "--worker-id", "w1"],
+                env=settings_env(ctx.settings),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def __enter__(self) -> OneWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def test_weights_and_tiers_with_one_worker(client: TestClient, ctx: service.Context, tmp_path: Path) -> None:
+    """A batch account submits first, then a high-tier one, then L (weight 2) and M (weight 1):
+    the high tier runs first, L gets two turns for M's one, batch runs last, and the start order
+    is the reported queue positions."""
+    batch, high, light, heavy = (make_account(ctx, credits=100_000, name=n) for n in ("x", "h", "m", "l"))
+    assert service.set_schedule(ctx, batch.id, weight=None, tier="batch") == {"weight": 1, "tier": "batch"}
+    assert service.set_schedule(ctx, high.id, weight=None, tier="high") == {"weight": 1, "tier": "high"}
+    assert service.set_schedule(ctx, heavy.id, weight=2, tier=None) == {"weight": 2, "tier": "normal"}
+    owner: dict[str, Account] = {}
+    for acc, n in ((batch, 2), (high, 2), (heavy, 3), (light, 3)):
+        owner.update({t: acc for t in _submit(client, acc.key, n)})
+    positions = _positions(client, {t: acc.key for t, acc in owner.items()})
+    with OneWorker(ctx, tmp_path) as worker:
+        _wait("every task to end", lambda: _active(ctx.db) == 0, worker.tail)
+    order = _start_order(ctx.db)
+    assert [positions[t] for t in order] == list(range(10))
+    names = {batch.id: "X", high.id: "H", heavy.id: "L", light.id: "M"}
+    assert "".join(names[owner[t].id] for t in order) == "HHLMLLMMXX"
+    assert set(_statuses(ctx.db, order).values()) == {"completed"}
+    assert ctx.db.run(ledger.check) == []
+
+
 def test_one_worker_serves_every_account_in_turn(client: TestClient, ctx: service.Context, tmp_path: Path) -> None:
     a, b, c = (make_account(ctx, credits=100_000, name=n) for n in ("a", "b", "c"))
     ids_a = _submit(client, a.key, 20)
@@ -97,26 +145,14 @@ def test_one_worker_serves_every_account_in_turn(client: TestClient, ctx: servic
     positions = _positions(client, {t: acc.key for t, acc in owner.items()})
     assert sorted(positions.values()) == list(range(26))
 
-    log = tmp_path / "worker.log"
-    with log.open("ab") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "reelgen.worker", "--device", "cpu", "--worker-id", "w1"],
-            env=settings_env(ctx.settings),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with OneWorker(ctx, tmp_path) as worker:
         _wait(
             "B's and C's tasks to complete",
             lambda: set(_statuses(ctx.db, late).values()) == {"completed"},
-            lambda: log.read_text(errors="replace")[-3000:],
+            worker.tail,
         )
         _cancel_pending(client, a.key, ids_a, ctx.db)
         _wait("A's running task to end", lambda: _active(ctx.db) == 0)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
 
     order = _start_order(ctx.db)
     # the tasks started exactly in the order of the positions the API reported, from position 0 on
