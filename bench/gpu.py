@@ -15,7 +15,12 @@ random weights built on the GPU; tiny profiles build their tiny weights):
    half size, upsampler, 3 refinement steps), rendered to an MP4;
 3. **professional**: the same request in professional mode (1920x1080 output, guided stage 1);
 4. **professional 15 s** (not with ``--quick``): a 15 s 1080p request, for peak memory; its stage 1
-   runs 2 of its steps (memory does not depend on the count) and its time is not reported.
+   runs 2 of its steps (memory does not depend on the count) and its time is not reported;
+5. ``--accel cache,compile,fp8`` (any of them, in this order, each on top of the previous): the two
+   modes again with the profile's step cache (professional only: the distilled stages are never
+   cached), with regional ``torch.compile`` (warm-up not counted), with torchao FP8 linear layers;
+   each reports the PSNR of its video against the eager bf16 run of the same plan and seed (the
+   quality delta; with random weights a lower bound on what real weights show).
 
 Each run: wall time per stage (CUDA-synchronised), transformer forwards and rows per stage, peak
 ``torch.cuda.max_memory_allocated``; the ratio of each reelgen mode to stock. ``--quick`` runs 3 stock
@@ -46,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="3 stock steps, 8 professional stage-1 steps, extrapolated")
     ap.add_argument("--stock-steps", type=int, default=None, help="stock steps to run (default 30, --quick 3)")
     ap.add_argument("--stage1-steps", type=int, default=None, help="professional stage-1 steps to run (default all)")
+    ap.add_argument("--accel", default="", help="comma list of cache, compile, fp8: extra runs with those switches")
     ap.add_argument("--out", default="bench-gpu.json")
     return ap.parse_args(argv)
 
@@ -116,7 +122,25 @@ def stock(engine: Any, steps: int, full_steps: int) -> dict[str, Any]:
     }
 
 
-def reelgen_run(engine: Any, profile: Any, mode: str, seconds: int, stage1_steps: int | None) -> dict[str, Any]:
+def frames_of(path: Path) -> Any:
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def psnr(a: Any, b: Any) -> float:
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return round(float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse), 2)
+
+
+def reelgen_run(
+    engine: Any, profile: Any, mode: str, seconds: int, stage1_steps: int | None, reference: Any = None
+) -> dict[str, Any]:
+    """One reelgen generation; ``reference``: the frames of the baseline run to compare against (PSNR)."""
     from reelgen.domain import plan
     from reelgen.generation import render
     from reelgen.schemas import GenerateInput
@@ -133,8 +157,11 @@ def reelgen_run(engine: Any, profile: Any, mode: str, seconds: int, stage1_steps
         job = replace(job, segments=(replace(seg, stages=(one, *seg.stages[1:])),))
     timings: list[tuple[str, float]] = []
     rows: dict[str, int] = {}
-    with tempfile.TemporaryDirectory() as tmp, Counter(engine) as c:
-        info = render(job, engine, Path(tmp) / "out.mp4", timings=timings, rows=rows)
+    cached: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        with Counter(engine) as c:
+            info = render(job, engine, Path(tmp) / "out.mp4", timings=timings, rows=rows, cached=cached)
+        frames = frames_of(Path(tmp) / "out.mp4")
     stages: dict[str, float] = {}
     for name, s in timings:
         stages[name] = stages.get(name, 0.0) + s
@@ -153,9 +180,49 @@ def reelgen_run(engine: Any, profile: Any, mode: str, seconds: int, stage1_steps
         "stages_s": {k: round(v, 3) for k, v in stages.items()},
         "transformer_forwards": c.forwards,
         "transformer_rows": rows,
+        "cached_calls": cached,
         "peak_gib": round(c.peak_gib, 2) if c.peak_gib is not None else None,
         "output": info.as_dict(),
+        "psnr_vs_baseline_db": psnr(frames, reference) if reference is not None else None,
+        "_frames": frames,
     }
+
+
+def accelerated(engine: Any, profile: Any, switches: list[str], stage1: int | None, baseline: Any) -> list[Any]:
+    """The modes again with each switch of ``switches`` turned on, cumulatively, on the loaded engine."""
+    from reelgen.engines.acceleration import StepCache, apply_fp8, check_acceleration
+
+    runs: list[Any] = []
+    acc = profile.acceleration
+    label: list[str] = []
+    for switch in switches:
+        if switch == "cache":
+            acc = replace(acc, step_cache="taylorseer", compile="off")
+            engine.step_cache = StepCache(engine._components["transformer"], acc)
+        elif switch == "compile":
+            if acc.step_cache != "off":  # the cache's hooks cannot live in compiled blocks
+                acc = replace(acc, step_cache="off")
+                engine.step_cache = StepCache(engine._components["transformer"], acc)
+                label = [x for x in label if x != "cache"]
+            acc = replace(acc, compile="regional")
+            engine.accelerate(replace(profile, acceleration=acc))  # compiles and warms every mode
+        elif switch == "fp8":
+            acc = replace(acc, fp8="torchao")
+            check_acceleration(replace(profile, acceleration=acc), str(engine.device))
+            apply_fp8(engine._components["transformer"])
+            if acc.compile != "off":  # recompile the converted blocks, warm-up not counted
+                engine.accelerate(replace(profile, acceleration=replace(acc, fp8="off")))
+        else:
+            raise SystemExit(f"--accel: unknown switch {switch!r} (cache, compile, fp8)")
+        label.append(switch)
+        current = replace(profile, acceleration=acc)
+        for mode in ("standard", "professional"):
+            if switch == "cache" and mode == "standard":
+                continue  # the distilled stages are never cached: the same run as the baseline
+            r = reelgen_run(engine, current, mode, 5, stage1, reference=baseline[mode])
+            r["name"] += " + " + "+".join(label)
+            runs.append(r)
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,10 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     reelgen_run(engine, profile, "standard", 5, None)  # warm-up of reelgen's pipelines, not reported
     runs.append(reelgen_run(engine, profile, "standard", 5, None))
     runs.append(reelgen_run(engine, profile, "professional", 5, stage1))
+    baseline = {"standard": runs[-2]["_frames"], "professional": runs[-1]["_frames"]}
     if not args.quick:
         memory = reelgen_run(engine, profile, "professional", 15, 2)
         memory |= {"name": "reelgen professional 15 s (memory probe: 2 stage-1 steps)", "seconds": None}
         runs.append(memory)
+    runs += accelerated(engine, profile, [a for a in args.accel.split(",") if a], stage1, baseline)
+    for r in runs:
+        r.pop("_frames", None)
     base = runs[0]["seconds"]
     for r in runs[1:]:
         if r["seconds"]:
@@ -202,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         secs = "-" if r["seconds"] is None else f"{r['seconds']:.1f} s" + (" (extrap.)" if r["extrapolated"] else "")
         ratio = f"  x{r['speedup_vs_stock']} vs stock" if "speedup_vs_stock" in r else ""
         rows = r["transformer_rows"]
-        print(f"  {r['name']:<58} {r['size']:<34} {secs:>18}  rows {rows}  peak {r['peak_gib']} GiB{ratio}")
+        delta = f"  PSNR {r['psnr_vs_baseline_db']} dB" if r.get("psnr_vs_baseline_db") is not None else ""
+        print(f"  {r['name']:<58} {r['size']:<34} {secs:>18}  rows {rows}  peak {r['peak_gib']} GiB{ratio}{delta}")
     print(f"wrote {args.out}")
     return 0
 

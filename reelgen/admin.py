@@ -85,6 +85,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # a bad profile stops here, never mid-task. With Ray the weights live on the GPU nodes, where
         # each engine actor runs the same check when it loads.
         check_profile(profile, settings.load_format)
+        acc = profile.acceleration
+        if acc.fp8 != "off" or acc.video_encoder == "h264_nvenc":  # switches that need the devices' hardware
+            from reelgen.engines.acceleration import check_acceleration
+            from reelgen.engines.weights import resolve_device
+
+            for device in settings.device_list:
+                check_acceleration(profile, resolve_device(device))
     if profile.is_tiny or settings.load_format == "dummy":
         print(
             f"reelgen: profile {profile.name} uses RANDOM weights - every video it makes is noise "

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -135,6 +136,7 @@ class Worker:
         # held while an attempt stores its output and completes: an emergency hand-back waits for it
         self._finish_lock = threading.Lock()
         self._attempt: Attempt | None = None
+        self._seen = 0.0  # time.monotonic() of the last refresh of this worker's row
         self.db: Database
         self.storage: Storage
         self.profile: Profile
@@ -155,7 +157,16 @@ class Worker:
         self.storage = pick(self.settings)
         self.profile = get_profile(self.settings.profile, self.settings.profiles_file, weights=self.settings.weights)
         log.info("loading profile %s on %s (load format %s)", self.profile.name, self.device, self.settings.load_format)
+        from reelgen.store import workers
+
+        self._db(
+            lambda c: workers.register(c, self.worker_id, profile=self.profile.name, device=self.device, now=utcnow())
+        )
+        # loads the weights and, with acceleration.compile, compiles and warms up: /readyz counts this
+        # worker as loading until it is done
         self.engine = engine or load_engine(self.profile, self.device, self.settings.load_format)
+        self._db(lambda c: workers.seen(c, self.worker_id, now=utcnow(), state="ready"))
+        self._seen = time.monotonic()
         if self.engine.random_weights:
             log.warning("profile %s runs RANDOM weights: output is noise", self.profile.name)
         self._ready.set()
@@ -171,6 +182,7 @@ class Worker:
         while not self._draining.is_set():
             self._wake.clear()
             try:
+                self._alive()
                 task = self._db(self._claim)
             except ReelgenError as exc:  # the store is unavailable: wait, don't spin
                 log.warning("claiming failed (%s); retrying", exc)
@@ -181,8 +193,22 @@ class Worker:
                 continue
             self.run_attempt(task)
         log.info("drained: exiting")
+        from reelgen.store import workers
+
+        try:
+            self._db(lambda c: workers.remove(c, self.worker_id))
+        except ReelgenError as exc:  # the row goes stale and stops being counted after one lease
+            log.warning("could not remove this worker's row (%s)", exc)
         self.db.dispose()
         return 0
+
+    def _alive(self) -> None:
+        """Refresh this worker's ``seen_at`` (at most once per heartbeat interval)."""
+        from reelgen.store import workers
+
+        if time.monotonic() - self._seen >= self.settings.heartbeat_seconds:
+            self._seen = time.monotonic()
+            self._db(lambda c: workers.seen(c, self.worker_id, now=utcnow()))
 
     def _claim(self, conn: Connection) -> TaskRow | None:
         from reelgen.store import tasks
@@ -419,6 +445,7 @@ class Worker:
 
             try:
                 ok = self._db(beat)
+                self._alive()
             except ReelgenError as exc:  # keep trying: the lease may still be ours next time
                 log.warning("task %s attempt %d: heartbeat failed (%s)", task.id, task.attempt, exc)
                 continue

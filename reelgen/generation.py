@@ -8,6 +8,7 @@ complete.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ def render(
     *,
     timings: list[tuple[str, float]] | None = None,
     rows: dict[str, int] | None = None,
+    cached: dict[str, int] | None = None,
 ) -> MediaInfo:
     """Generate every segment of ``job`` with ``engine`` and write them, joined, to ``out_path``.
 
@@ -44,11 +46,31 @@ def render(
     job (``total == job.total_steps``); returning False stops at that step boundary and raises
     ``Cancelled`` (no file is left behind). ``timings``, when given, receives every segment's stage
     timings plus ``muxing`` (the time spent encoding and writing the MP4); ``rows``, when given,
-    adds up the transformer rows each stage ran.
+    adds up the transformer rows each stage ran, and ``cached`` the transformer calls the step cache
+    answered without running the blocks.
     """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from reelgen.media import Mp4Writer
 
     writer: Mp4Writer | None = None
+    # Shot k is encoded on this thread while the engine generates shot k+1 (PyAV and torch both let
+    # go of the GIL while they work); at most one shot waits to be encoded.
+    encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
+    pending: Future[float] | None = None
+
+    def settle() -> None:
+        nonlocal pending
+        if pending is not None:
+            seconds, pending = pending.result(), None
+            if timings is not None:
+                timings.append(("muxing", seconds))
+
+    def encode(w: Mp4Writer, clip: Clip) -> float:
+        t0 = time.perf_counter()
+        w.add(clip.frames, clip.audio if job.audio else None)
+        return time.perf_counter() - t0
+
     try:
         for index, segment in enumerate(job.segments):
             before = sum(s.steps for s in job.segments[:index])
@@ -60,19 +82,23 @@ def render(
 
             clip = engine.generate(job, segment, on_step)
             _check_clip(job, clip, segment.seconds)
-            t0 = time.perf_counter()
             if writer is None:
                 rate = clip.sample_rate if job.audio else None
-                writer = Mp4Writer(out_path, width=job.width, height=job.height, fps=job.fps, sample_rate=rate)
+                codec = getattr(engine, "video_encoder", "libx264")
+                writer = Mp4Writer(
+                    out_path, width=job.width, height=job.height, fps=job.fps, sample_rate=rate, codec=codec
+                )
                 writer.open()
-            writer.add(clip.frames, clip.audio if job.audio else None)
+            settle()
+            pending = encoder.submit(encode, writer, clip)
             if timings is not None:
                 timings.extend(clip.timings)
-                timings.append(("muxing", time.perf_counter() - t0))
-            if rows is not None:
-                for stage, n in clip.rows.items():
-                    rows[stage] = rows.get(stage, 0) + n
+            for total, counts in ((rows, clip.rows), (cached, clip.cached)):
+                if total is not None:
+                    for stage, n in counts.items():
+                        total[stage] = total.get(stage, 0) + n
             del clip
+        settle()
         if writer is None:
             raise ReelgenError(ErrorCode.GENERATION_FAILED, "the job has no segments")
         t0 = time.perf_counter()
@@ -81,9 +107,14 @@ def render(
             timings.append(("muxing", time.perf_counter() - t0))
         return info
     except BaseException:
+        if pending is not None:  # never close the file under the encoding thread
+            with contextlib.suppress(BaseException):
+                pending.result()
         if writer is not None:
             writer.abort()
         raise
+    finally:
+        encoder.shutdown(wait=True)
 
 
 def _check_clip(job: Job, clip: Clip, seconds: int) -> None:

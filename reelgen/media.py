@@ -115,6 +115,7 @@ class Mp4Writer:
         sample_rate: int | None,
         crf: int = 18,
         preset: str = "fast",
+        codec: str = "libx264",
     ) -> None:
         if width % 2 or height % 2 or width <= 0 or height <= 0:
             raise ReelgenError(ErrorCode.GENERATION_FAILED, f"H.264 yuv420p needs even sizes, got {width}x{height}")
@@ -123,7 +124,7 @@ class Mp4Writer:
         self.path = Path(path)
         self.width, self.height, self.fps = width, height, fps
         self.sample_rate = sample_rate
-        self._crf, self._preset = crf, preset
+        self._crf, self._preset, self.codec = crf, preset, codec
         self._tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
         self._container: Any = None
         self._video: Any = None
@@ -151,10 +152,13 @@ class Mp4Writer:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._container = av.open(str(self._tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
-        video = self._container.add_stream("libx264", rate=self.fps)
+        video = self._container.add_stream(self.codec, rate=self.fps)
         video.width, video.height, video.pix_fmt = self.width, self.height, "yuv420p"
         video.time_base = Fraction(1, self.fps)
-        video.options = {"crf": str(self._crf), "preset": self._preset}
+        if self.codec == "h264_nvenc":  # constant quality on the GPU's encoder, the nearest to x264's CRF
+            video.options = {"rc": "vbr", "cq": str(self._crf), "preset": "p4"}
+        else:
+            video.options = {"crf": str(self._crf), "preset": self._preset}
         self._video = video
         if self.sample_rate is not None:
             audio = self._container.add_stream("aac", rate=self.sample_rate, layout="stereo")

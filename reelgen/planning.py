@@ -27,7 +27,7 @@ from reelgen.schemas import AspectRatio, GenerateInput, Mode
 if TYPE_CHECKING:
     from PIL import Image
 
-    from reelgen.profiles import Profile
+    from reelgen.profiles import Profile, StageSpec
 
 #: Stage pipelines: text only, or with image conditions (first frame and keyframes by pixel frame).
 TEXT_PIPELINE = "LTX2Pipeline"
@@ -80,6 +80,8 @@ class Stage:
     conditions: tuple[Condition, ...] = ()
     #: the stage starts from the previous stage's latents doubled by the latent upsampler
     upsample: bool = False
+    #: the profile's step cache runs on this stage (long guided stages only; see ``Acceleration``)
+    step_cache: bool = False
 
     @property
     def steps(self) -> int:
@@ -98,6 +100,7 @@ class Stage:
             "height": self.height,
             "frames": self.frames,
             "upsample": self.upsample,
+            "step_cache": self.step_cache,
             "sigmas": list(self.sigmas),
             "guidance": dict(self.guidance),
             "loras": [{"name": n, "strength": s} for n, s in self.loras],
@@ -260,6 +263,7 @@ def plan(
                     loras=st.loras,
                     conditions=tuple(conditions),
                     upsample=k > 0,
+                    step_cache=_caches(profile, st),
                 )
             )
         guided = any(s.guided for s in stages)
@@ -286,3 +290,14 @@ def plan(
         generation_height=gen_h,
         max_sequence_length=profile.max_sequence_length,
     )
+
+
+def _caches(profile: Profile, stage: StageSpec) -> bool:
+    """Whether the profile's step cache runs on ``stage``: only guided stages long enough to leave
+    full steps around every cached one (the few-step distilled stages are never cached)."""
+    acc = profile.acceleration
+    if acc.step_cache == "off":
+        return False
+    long_enough = len(stage.sigmas) >= acc.step_cache_warmup + 2 * acc.step_cache_interval
+    g = stage.full_guidance()
+    return long_enough and (g["guidance_scale"] > 1 or g["audio_guidance_scale"] > 1)

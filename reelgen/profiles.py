@@ -18,7 +18,7 @@ import itertools
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,15 @@ MAX_SIDE = 8192
 
 #: ``acceleration.compile`` values: none, or ``torch.compile`` of the transformer's repeated blocks
 COMPILE_MODES = ("off", "regional")
+#: ``acceleration.fp8``: none, or torchao's float8 (dynamic row-wise activations and weights) on the
+#: transformer blocks' linear layers (CUDA compute capability 8.9+: Ada, Hopper, Blackwell)
+FP8_MODES = ("off", "torchao")
+#: ``acceleration.step_cache``: none, or diffusers' TaylorSeer cache on the long guided stages
+STEP_CACHE_MODES = ("off", "taylorseer")
+#: ``acceleration.vae_tiling``: decode in tiles when the untiled decode would not fit (``auto``), always, never
+VAE_TILING_MODES = ("auto", "on", "off")
+#: ``acceleration.video_encoder``: NVENC when the GPU has it, else x264 (``auto``); or one named encoder
+VIDEO_ENCODERS = ("auto", "libx264", "h264_nvenc")
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,18 @@ class Acceleration:
     compile: str = "off"
     #: a diffusers attention backend (``set_attention_backend``): ``native``, ``flash``, ``_flash_3``, ``sage``...
     attention_backend: str = "native"
+    #: ``torchao``: float8 linear layers in the transformer blocks (the reference's layer choice)
+    fp8: str = "off"
+    #: ``taylorseer``: skip the transformer blocks on some steps of long guided stages, predicting the
+    #: output from the last full steps (diffusers' ``TaylorSeerCacheConfig``)
+    step_cache: str = "off"
+    #: with a step cache: one full step every ``step_cache_interval`` steps once caching starts
+    step_cache_interval: int = 3
+    #: with a step cache: the first steps of a stage always run in full (and no stage shorter than
+    #: ``step_cache_warmup + 2 * step_cache_interval`` steps is cached: the distilled stages never are)
+    step_cache_warmup: int = 6
+    vae_tiling: str = "auto"
+    video_encoder: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -252,12 +273,31 @@ def _loras(name: str, raw: dict[str, Any], generation: str) -> dict[str, LoraSpe
 
 
 def _acceleration(name: str, raw: dict[str, Any]) -> Acceleration:
-    unknown = sorted(set(raw) - {"compile", "attention_backend"})
+    known = {f.name: f for f in fields(Acceleration)}
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise _bad(name, f"acceleration: unknown key(s) {unknown} (known: compile, attention_backend)")
-    acc = Acceleration(**{k: str(v) for k, v in raw.items()})
-    if acc.compile not in COMPILE_MODES:
-        raise _bad(name, f"acceleration.compile {acc.compile!r}: use one of {', '.join(COMPILE_MODES)}")
+        raise _bad(name, f"acceleration: unknown key(s) {unknown} (known: {', '.join(known)})")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if known[key].type in ("int", int):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise _bad(name, f"acceleration.{key} {value!r}: a whole number of steps, at least 1")
+            values[key] = value
+        else:
+            values[key] = str(value)
+    acc = Acceleration(**values)
+    for key, allowed in (
+        ("compile", COMPILE_MODES),
+        ("fp8", FP8_MODES),
+        ("step_cache", STEP_CACHE_MODES),
+        ("vae_tiling", VAE_TILING_MODES),
+        ("video_encoder", VIDEO_ENCODERS),
+    ):
+        if getattr(acc, key) not in allowed:
+            raise _bad(name, f"acceleration.{key} {getattr(acc, key)!r}: use one of {', '.join(allowed)}")
+    if acc.compile != "off" and acc.step_cache != "off":
+        # the cache's hooks decide per step, outside any graph: they cannot live inside compiled blocks
+        raise _bad(name, "acceleration: compile and step_cache cannot be combined; turn one of them off")
     return acc
 
 

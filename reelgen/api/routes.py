@@ -23,10 +23,18 @@ class Health(BaseModel):
     status: str
 
 
+class WorkerCounts(BaseModel):
+    """Live workers of the served profile: ``loading`` (loading weights, warming up) and ``ready``."""
+
+    loading: int
+    ready: int
+
+
 class Ready(BaseModel):
     status: str
     profile: str
     randomWeights: bool
+    workers: WorkerCounts
 
 
 def success(model: Any) -> dict[int | str, dict[str, Any]]:

@@ -49,6 +49,8 @@ class Clip:
     timings: list[tuple[str, float]] = field(default_factory=list)
     #: transformer rows (batch entries through the denoiser) per stage: guidance costs rows
     rows: dict[str, int] = field(default_factory=dict)
+    #: transformer calls per stage that the step cache answered without running the blocks
+    cached: dict[str, int] = field(default_factory=dict)
 
 
 class Engine(Protocol):
@@ -65,3 +67,54 @@ class Engine(Protocol):
         ``Cancelled`` at the next step boundary. The same job and segment give the same clip.
         """
         ...
+
+
+def check_segment(job: Job, segment: Segment, *, num_layers: int, has_upsampler: bool) -> None:
+    """Check a planned segment against an engine before any work: frame count, stages (sizes in the
+    VAE's 32-pixel steps, sigmas, upsampling only in stage 2), STG blocks the transformer has
+    (``num_layers``), condition images and frames; a two-stage plan needs ``has_upsampler``."""
+    if segment not in job.segments:
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"segment {segment.prompt[:40]!r} is not part of the job")
+    if segment.seconds < 1:
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"a shot must last at least 1 s (got {segment.seconds} s)")
+    if job.fps <= 0:
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"fps {job.fps} must be positive")
+    if segment.num_frames % 8 != 1 or segment.num_frames < segment.seconds * job.fps + 1:
+        raise ReelgenError(
+            ErrorCode.INVALID_INPUT,
+            f"num_frames {segment.num_frames} must be 8k+1 and cover {segment.seconds} s at {job.fps} fps",
+        )
+    if not segment.stages or len(segment.stages) > 2:
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"a segment has one or two stages (got {len(segment.stages)})")
+    for k, stage in enumerate(segment.stages):
+        if stage.width <= 0 or stage.height <= 0 or stage.width % 32 or stage.height % 32:  # the VAE's 32x
+            raise ReelgenError(
+                ErrorCode.INVALID_INPUT,
+                f"{stage.name} size {stage.width}x{stage.height}: each side must be a positive multiple of 32",
+            )
+        if not stage.sigmas:
+            raise ReelgenError(ErrorCode.INVALID_INPUT, f"{stage.name} has no sigmas")
+        if stage.upsample != (k > 0):
+            raise ReelgenError(ErrorCode.INVALID_INPUT, f"{stage.name}: only a second stage starts from upsampling")
+        blocks = stage.guidance.get("spatio_temporal_guidance_blocks") or []
+        if any(b >= num_layers for b in blocks):
+            raise ReelgenError(
+                ErrorCode.INVALID_PROFILE,
+                f"{stage.name}: STG blocks {blocks} outside the transformer's 0-{num_layers - 1}",
+            )
+        for c in stage.conditions:
+            if job.image(c.image) is None:
+                raise ReelgenError(ErrorCode.INVALID_INPUT, f"the plan conditions on a {c.image} image; none given")
+            if not 0 <= c.pixel_frame < segment.num_frames:
+                raise ReelgenError(
+                    ErrorCode.INVALID_INPUT,
+                    f"a condition at pixel frame {c.pixel_frame} is outside the {segment.num_frames} frames",
+                )
+    last = segment.stages[-1]
+    if last.width < job.width or last.height < job.height:
+        raise ReelgenError(
+            ErrorCode.INVALID_INPUT,
+            f"the output {job.width}x{job.height} is larger than the generated {last.width}x{last.height}",
+        )
+    if len(segment.stages) == 2 and not has_upsampler:
+        raise ReelgenError(ErrorCode.INVALID_PROFILE, "two-stage mode but no latent upsampler is loaded")

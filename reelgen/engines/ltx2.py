@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from reelgen.engines.base import Clip, StepCallback
+from reelgen.engines.base import Clip, StepCallback, check_segment
 from reelgen.engines.clock import StepClock
 from reelgen.engines.tiny import lib
 from reelgen.engines.weights import LOAD_FORMATS, check_dummy_fits, load_pretrained, resolve_device
@@ -79,6 +79,13 @@ class LTX2Engine:
         from reelgen.engines.lora import Adapters
 
         self.adapters: Adapters = Adapters(self._pipeline(TEXT_PIPELINE), profile, random_full_size=source == "dummy")
+        from reelgen.engines.acceleration import StepCache, pick_video_encoder
+        from reelgen.profiles import Acceleration
+
+        self.acceleration = profile.acceleration if profile is not None else Acceleration()
+        self.step_cache = StepCache(components["transformer"], self.acceleration)
+        #: the H.264 encoder for this engine's clips (``reelgen.generation.render`` uses it)
+        self.video_encoder = pick_video_encoder(self.acceleration.video_encoder, str(self.device))
 
     # -- loading ----------------------------------------------------------------------------
     @classmethod
@@ -86,6 +93,7 @@ class LTX2Engine:
         """Tiny weights (``weights = "tiny"``), a diffusers directory or hub id, or ``load_format="dummy"``."""
         import torch
 
+        from reelgen.engines.acceleration import check_acceleration
         from reelgen.engines.weights import check_profile
 
         if load_format not in LOAD_FORMATS:
@@ -93,6 +101,7 @@ class LTX2Engine:
                 ErrorCode.INVALID_SETTINGS, f"load format {load_format!r}: use one of {', '.join(LOAD_FORMATS)}"
             )
         dev = resolve_device(device)
+        check_acceleration(profile, dev)
         dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
         needs_upsampler = any(spec.two_stage for spec in profile.modes.values())
         offload = bool(profile.extra.get("offload_text_encoder", False)) and dev.startswith("cuda")
@@ -118,28 +127,28 @@ class LTX2Engine:
                 dev, dtype, generation=profile.generation, text_encoder_device="cpu" if offload else None
             )
             up = build_dummy_latent_upsampler(dev, dtype, generation=profile.generation) if needs_upsampler else None
-            comps["vae"].enable_tiling()
             return cls(comps, up, device=dev, random_weights=True, source="dummy", **opts).accelerate(profile)
         check_profile(profile, load_format)
         comps, up = load_pretrained(profile, dtype, needs_upsampler)
         for name, module in [*comps.items(), ("latent_upsampler", up)]:
             if isinstance(module, torch.nn.Module) and not (offload and name == "text_encoder"):
                 module.to(dev)
-        # Full-size decoding in spatial tiles (512 px, blended): without it a 1080p clip's VAE decode
-        # needs far more memory than the denoiser (the reference two-stage recipe does the same).
-        comps["vae"].enable_tiling()
         return cls(comps, up, device=dev, random_weights=False, source=profile.weights, **opts).accelerate(profile)
 
     def accelerate(self, profile: Profile) -> LTX2Engine:
-        """Apply the profile's acceleration switches; with ``compile = "regional"`` the repeated transformer
-        blocks are compiled and warmed now, with one generation per mode (16:9, the shortest duration),
-        so the first task does not pay for compilation. Other shapes compile on their first use (torch
-        marks a dimension dynamic once it has seen two sizes of it)."""
+        """Apply the profile's acceleration switches (``reelgen.engines.acceleration``): the attention
+        backend, FP8 layers, then with ``compile = "regional"`` the repeated transformer blocks are
+        compiled and warmed now, with one generation per mode (16:9, the shortest duration), so the
+        first task does not pay for compilation. Other shapes compile on their first use (torch marks a
+        dimension dynamic once it has seen two sizes of it)."""
+        from reelgen.engines.acceleration import apply_fp8
         from reelgen.engines.weights import set_attention_backend
         from reelgen.planning import plan
         from reelgen.schemas import GenerateInput
 
         set_attention_backend(profile, self._components["transformer"])
+        if profile.acceleration.fp8 != "off":
+            apply_fp8(self._components["transformer"])
         if profile.acceleration.compile == "regional":
             self._components["transformer"].compile_repeated_blocks(fullgraph=True)
             for mode in profile.modes:
@@ -178,7 +187,7 @@ class LTX2Engine:
         """Generate ``segment`` of ``job``: its stages as planned, decoded and centre-cropped to the output."""
         import torch
 
-        self._check(job, segment)
+        check_segment(job, segment, num_layers=self.num_layers, has_upsampler=self._upsampler is not None)
         timings: list[tuple[str, float]] = []
         progress = StepClock(total=segment.steps, on_step=on_step, timings=timings, cuda=self.device.type == "cuda")
         hook = self._components["transformer"].register_forward_pre_hook(progress.before_forward, with_kwargs=True)
@@ -201,55 +210,8 @@ class LTX2Engine:
             sample_rate=self.sample_rate if sound is not None else None,
             timings=timings,
             rows=progress.rows,
+            cached=self.step_cache.take(),
         )
-
-    def _check(self, job: Job, segment: Segment) -> None:
-        """Check the request before any work."""
-        if segment not in job.segments:
-            raise ReelgenError(ErrorCode.INVALID_INPUT, f"segment {segment.prompt[:40]!r} is not part of the job")
-        if segment.seconds < 1:
-            raise ReelgenError(ErrorCode.INVALID_INPUT, f"a shot must last at least 1 s (got {segment.seconds} s)")
-        if job.fps <= 0:
-            raise ReelgenError(ErrorCode.INVALID_INPUT, f"fps {job.fps} must be positive")
-        if segment.num_frames % 8 != 1 or segment.num_frames < segment.seconds * job.fps + 1:
-            raise ReelgenError(
-                ErrorCode.INVALID_INPUT,
-                f"num_frames {segment.num_frames} must be 8k+1 and cover {segment.seconds} s at {job.fps} fps",
-            )
-        if not segment.stages or len(segment.stages) > 2:
-            raise ReelgenError(ErrorCode.INVALID_INPUT, f"a segment has one or two stages (got {len(segment.stages)})")
-        for k, stage in enumerate(segment.stages):
-            if stage.width <= 0 or stage.height <= 0 or stage.width % 32 or stage.height % 32:  # the VAE's 32x
-                raise ReelgenError(
-                    ErrorCode.INVALID_INPUT,
-                    f"{stage.name} size {stage.width}x{stage.height}: each side must be a positive multiple of 32",
-                )
-            if not stage.sigmas:
-                raise ReelgenError(ErrorCode.INVALID_INPUT, f"{stage.name} has no sigmas")
-            if stage.upsample != (k > 0):
-                raise ReelgenError(ErrorCode.INVALID_INPUT, f"{stage.name}: only a second stage starts from upsampling")
-            blocks = stage.guidance.get("spatio_temporal_guidance_blocks") or []
-            if any(b >= self.num_layers for b in blocks):
-                raise ReelgenError(
-                    ErrorCode.INVALID_PROFILE,
-                    f"{stage.name}: STG blocks {blocks} outside the transformer's 0-{self.num_layers - 1}",
-                )
-            for c in stage.conditions:
-                if job.image(c.image) is None:
-                    raise ReelgenError(ErrorCode.INVALID_INPUT, f"the plan conditions on a {c.image} image; none given")
-                if not 0 <= c.pixel_frame < segment.num_frames:
-                    raise ReelgenError(
-                        ErrorCode.INVALID_INPUT,
-                        f"a condition at pixel frame {c.pixel_frame} is outside the {segment.num_frames} frames",
-                    )
-        last = segment.stages[-1]
-        if last.width < job.width or last.height < job.height:
-            raise ReelgenError(
-                ErrorCode.INVALID_INPUT,
-                f"the output {job.width}x{job.height} is larger than the generated {last.width}x{last.height}",
-            )
-        if len(segment.stages) == 2 and self._upsampler is None:
-            raise ReelgenError(ErrorCode.INVALID_PROFILE, "two-stage mode but no latent upsampler is loaded")
 
     def _timed(self, timings: list[tuple[str, float]], name: str, fn: Callable[[], Any]) -> Any:
         self._sync()
@@ -293,6 +255,7 @@ class LTX2Engine:
         audio: Any = None
         for stage in segment.stages:
             self.adapters.activate(stage.loras)
+            self.step_cache.begin(stage)
             if stage.upsample:
                 video = self._timed(timings, "upsample", functools.partial(self._upsample, video))
             progress.start_stage(f"{stage.name}_step")
@@ -337,15 +300,28 @@ class LTX2Engine:
         return out
 
     def _decode_video(self, latents: torch.Tensor) -> np.ndarray:
-        """Denormalised video latents → ``uint8`` frames ``(frames, height, width, 3)``."""
+        """Denormalised video latents → ``uint8`` frames ``(frames, height, width, 3)``, converted on the
+        device; decoded in tiles when ``vae_tiling`` says so (``auto``: when an untiled decode would not
+        fit, or after it ran out of memory)."""
         import torch
+
+        from reelgen.engines.acceleration import use_vae_tiling
 
         vae = self._components["vae"]
         latents = latents.to(device=self.device, dtype=vae.dtype)
         temb = None
         if vae.config.timestep_conditioning:  # decode at timestep 0 with no added noise (the pipeline default)
             temb = torch.zeros(latents.shape[0], device=self.device, dtype=latents.dtype)
-        video = vae.decode(latents, temb, return_dict=False)[0][0]  # (C, F, H, W) in [-1, 1]
+        mode = self.acceleration.vae_tiling
+        vae.use_tiling = use_vae_tiling(mode, vae, tuple(latents.shape), self.device)
+        try:
+            video = vae.decode(latents, temb, return_dict=False)[0][0]  # (C, F, H, W) in [-1, 1]
+        except torch.cuda.OutOfMemoryError:
+            if vae.use_tiling or mode != "auto":
+                raise
+            torch.cuda.empty_cache()
+            vae.use_tiling = True
+            video = vae.decode(latents, temb, return_dict=False)[0][0]
         video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).contiguous().cpu().numpy()  # type: ignore[no-any-return]
 

@@ -55,8 +55,13 @@ def metrics(ctx: Context, token: str | None, local_workers: int | None) -> bytes
 
 
 def ready(ctx: Context) -> dict[str, Any]:
-    """Readiness: the database answers. Raises SERVICE_UNAVAILABLE otherwise."""
-    from sqlalchemy import text
+    """Readiness: the database answers (raises SERVICE_UNAVAILABLE otherwise). ``workers`` counts the
+    live workers of this profile, wherever they run: ``loading`` ones are still loading weights or
+    warming up (compiling) and claim nothing yet; ``ready`` ones claim tasks."""
+    from datetime import timedelta
 
-    ctx.db.run(lambda conn: conn.execute(text("SELECT 1")).scalar_one())
-    return {"status": "ready", "profile": ctx.profile.name, "randomWeights": ctx.profile.is_tiny}
+    from reelgen.store import workers
+
+    stale = timedelta(seconds=ctx.settings.lease_seconds)
+    counts = ctx.db.run(lambda conn: workers.count(conn, profile=ctx.profile.name, now=ctx.clock(), stale_after=stale))
+    return {"status": "ready", "profile": ctx.profile.name, "randomWeights": ctx.profile.is_tiny, "workers": counts}

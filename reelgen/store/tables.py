@@ -36,6 +36,7 @@ __all__ = [
     "MOVEMENT_KINDS",
     "QUEUE_TIERS",
     "TASK_STATUSES",
+    "WORKER_STATES",
     "UTCDateTime",
     "account_limits",
     "account_queue",
@@ -49,11 +50,13 @@ __all__ = [
     "uploads",
     "webhook_deliveries",
     "webhook_endpoints",
+    "workers",
 ]
 
 TASK_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 MOVEMENT_KINDS = ("grant", "reserve", "capture", "release")
 BUCKETS = ("available", "reserved", "granted", "captured")
+WORKER_STATES = ("loading", "ready")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -316,4 +319,18 @@ uploads = Table(
     Column("width", Integer, nullable=False),
     Column("height", Integer, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Workers that serve a profile (migration 0010): ``loading`` while the engine loads and warms up,
+# ``ready`` once it claims tasks; ``seen_at`` moves while the worker lives, the row goes when it exits.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("profile", String(100), nullable=False, index=True),
+    Column("device", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("seen_at", UTCDateTime(), nullable=False),
+    CheckConstraint(_in("state", WORKER_STATES), name="state_known"),
 )
