@@ -4,6 +4,8 @@
     python bench/queue.py                                    # SQLite, 1k/10k/100k pending, 100 accounts
     python bench/queue.py --database-url postgresql+psycopg://127.0.0.1/test --json
     python bench/queue.py --pending 1000 --samples 50
+    # the queue's own work without the WAL flush of each commit (what the test fixtures run with):
+    python bench/queue.py --database-url 'postgresql+psycopg://127.0.0.1/test?options=-csynchronous_commit%3Doff'
 
 For each queue length: a fresh schema (a SQLite file in a temporary directory, or a PostgreSQL
 schema dropped afterwards) migrated to head; 100 accounts with credits; the pending tasks spread
@@ -16,6 +18,8 @@ fair-queue rows and virtual times spread out as after a busy day); then, timed o
   runs it (a random account each time);
 * **empty**: an immediate transaction that only runs ``SELECT 1`` (the floor: pool, round trips,
   BEGIN/COMMIT on this machine);
+* **write**: an immediate transaction that rewrites one row and commits (the floor of any
+  durable write: on PostgreSQL with ``synchronous_commit = on`` this is the WAL flush);
 * **position**: ``tasks.queue_position`` of the task in the middle of the claim order (what a
   task view reads; it counts the tasks ahead, so it grows with the position).
 
@@ -73,7 +77,10 @@ def fresh_database(url: str | None) -> Iterator[Database]:
     admin = sa.create_engine(url)
     with admin.begin() as conn:
         conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    scoped = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    parsed = sa.make_url(url)
+    given = parsed.query.get("options", "")
+    options = " ".join([*([given] if isinstance(given, str) and given else []), f"-csearch_path={schema}"])
+    scoped = parsed.update_query_dict({"options": options})
     db = Database(scoped.render_as_string(hide_password=False))
     try:
         db.upgrade()
@@ -202,8 +209,13 @@ def measure(db: Database, accounts: list[str], samples: int) -> dict[str, dict[s
     def empty(_: int) -> None:
         db.run(lambda conn: conn.exec_driver_sql("SELECT 1").scalar(), immediate=True)
 
+    def write(_: int) -> None:
+        one = sa.update(account_queue).where(account_queue.c.account_id == accounts[0])
+        db.run(lambda conn: conn.execute(one.values(weight=account_queue.c.weight)), immediate=True)
+
     return {
         "empty": timed(samples, empty),
+        "write": timed(samples, write),
         "claim": timed(samples, claim),
         "submit": timed(samples, submit),
         "position": timed(max(5, samples // 10), position),

@@ -149,13 +149,21 @@ def positions(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
     if not task_ids:
         return {}
     ahead = tasks.alias("ahead")
-    mine = tuple_(*claim_order())
-    theirs = tuple_(ahead.c.tier, ahead.c.vstart, ahead.c.created_at, ahead.c.id)
-    count_ahead = (
-        select(func.count())
-        .select_from(ahead)
-        .where(ahead.c.status == _PENDING, ahead.c.profile == tasks.c.profile, theirs < mine)
-        .scalar_subquery()
+
+    def count(*where: ColumnElement[bool]) -> ColumnElement[int]:
+        return (
+            select(func.count())
+            .select_from(ahead)
+            .where(ahead.c.status == _PENDING, ahead.c.profile == tasks.c.profile, *where)
+            .scalar_subquery()
+        )
+
+    # two index ranges (higher tiers; this tier up to this start) rather than one row comparison,
+    # which SQLite would only narrow by tier
+    count_ahead = count(ahead.c.tier < tasks.c.tier) + count(
+        ahead.c.tier == tasks.c.tier,
+        ahead.c.vstart <= tasks.c.vstart,
+        tuple_(ahead.c.vstart, ahead.c.created_at, ahead.c.id) < tuple_(tasks.c.vstart, tasks.c.created_at, tasks.c.id),
     )
     rows = conn.execute(
         select(tasks.c.id, count_ahead).where(tasks.c.id.in_(list(task_ids)), tasks.c.status == _PENDING)
@@ -174,16 +182,10 @@ def position_for_new(conn: Connection, account_id: str, profile: str) -> int:
         tier, start = TIERS.index(DEFAULT_TIER), int(conn.execute(select(_clock())).scalar_one())
     else:
         tier, start = int(row.tier), int(row.start)
-    ahead = (
-        select(func.count())
-        .select_from(tasks)
-        .where(
-            tasks.c.status == _PENDING,
-            tasks.c.profile == profile,
-            tuple_(tasks.c.tier, tasks.c.vstart) <= tuple_(literal(tier), literal(start)),
-        )
-    )
-    return int(conn.execute(ahead).scalar_one())
+    pending = (tasks.c.status == _PENDING, tasks.c.profile == profile)
+    higher = select(func.count()).select_from(tasks).where(*pending, tasks.c.tier < tier)
+    same = select(func.count()).select_from(tasks).where(*pending, tasks.c.tier == tier, tasks.c.vstart <= start)
+    return int(conn.execute(higher).scalar_one()) + int(conn.execute(same).scalar_one())
 
 
 def get_schedule(conn: Connection, account_id: str) -> Schedule:
