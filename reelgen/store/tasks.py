@@ -258,22 +258,23 @@ def claim(
     profile: str | None = None,
 ) -> TaskRow | None:
     """Take the pending task the fair order puts first (of ``profile``, if given; ``store.fair``)
-    as a new attempt; None if none waits."""
-    for _ in range(_CLAIM_TRIES):
-        first = select(tasks.c.id, tasks.c.account_id, tasks.c.vstart).where(tasks.c.status == _PENDING)
-        if profile is not None:
-            first = first.where(tasks.c.profile == profile)
-        first = first.order_by(*fair.claim_order()).limit(1)
-        if _is_postgres(conn):
-            first = first.with_for_update(skip_locked=True)
-        head = conn.execute(first).one_or_none()
-        if head is None:
-            return None
-        won = _move(
-            conn,
-            head.id,
-            _PENDING,
-            None,
+    as a new attempt; None if none waits.
+
+    One statement picks and moves the task (``UPDATE ... WHERE id = (SELECT ... ORDER BY ... LIMIT
+    1 FOR UPDATE SKIP LOCKED) RETURNING``: concurrent workers on PostgreSQL take different tasks
+    without waiting), one more moves the queue's clock.
+    """
+    _allowed(_PENDING, _PROCESSING)
+    first = select(tasks.c.id).where(tasks.c.status == _PENDING)
+    if profile is not None:
+        first = first.where(tasks.c.profile == profile)
+    first = first.order_by(*fair.claim_order()).limit(1)
+    if _is_postgres(conn):
+        first = first.with_for_update(skip_locked=True)
+    taken = conn.execute(
+        update(tasks)
+        .where(tasks.c.id == first.scalar_subquery(), tasks.c.status == _PENDING)
+        .values(
             status=_PROCESSING,
             attempt=tasks.c.attempt + 1,
             worker_id=worker_id,
@@ -282,10 +283,13 @@ def claim(
             started_at=now,
             progress=0,
         )
-        if won:
-            fair.started(conn, head.account_id, int(head.vstart))
-            return get(conn, head.id)
-    return None
+        .returning(*tasks.c)
+    ).one_or_none()
+    if taken is None:
+        return None
+    task = _row(taken._mapping)
+    fair.started(conn, task.account_id, int(taken.vstart))
+    return task
 
 
 def heartbeat(
