@@ -50,6 +50,10 @@ def _shot(value: str) -> dict[str, Any]:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"--shot {value!r}: {seconds!r} is not a whole number") from None
 
 
+def _seed(args: argparse.Namespace) -> int:
+    return int(args.seed) if args.seed is not None else 0
+
+
 def build_body(args: argparse.Namespace) -> dict[str, Any]:
     """The ``/generate`` body the command line describes (validated later by ``parse_generate``)."""
     from reelgen.schemas import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
@@ -68,6 +72,14 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.shot:
         inp["multi_shots"] = True
         inp["multi_prompt"] = [_shot(s) for s in args.shot]
+    # Kling's own fields, when given
+    kling = {
+        "negative_prompt": args.negative_prompt,
+        "cfg_scale": args.cfg_scale,
+        "seed": _seed(args),
+        "external_task_id": args.external_task_id,
+    }
+    inp.update({k: v for k, v in kling.items() if v is not None})
     return {"model": args.model or (IMAGE_TO_VIDEO if images else TEXT_TO_VIDEO), "input": inp}
 
 
@@ -88,7 +100,7 @@ def _planned(args: argparse.Namespace) -> tuple[GenerateRequest, Profile, Job]:
     profile = get_profile(args.profile, args.profiles_file, weights=args.weights)
     # The same checks as the server: http(s) fetched under the address rules, data: URIs size-capped.
     images: list[Image.Image] = load_images(request.input.image_urls or (), FetchPolicy())
-    job = plan(request.input, profile, seed=args.seed, start_image_size=images[0].size if images else None)
+    job = plan(request.input, profile, seed=_seed(args), start_image_size=images[0].size if images else None)
     if images:
         job = replace(
             job,
@@ -130,7 +142,7 @@ def run_local(args: argparse.Namespace) -> int:
         "path": str(out),
         "model": request.model,
         "profile": profile.name,
-        "seed": args.seed,
+        "seed": _seed(args),
         "random_weights": engine.random_weights,
         **info.as_dict(),
         "load_seconds": round(load_s, 3),

@@ -25,7 +25,7 @@ from typing import Any
 
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schedules import ltx2_sigmas
-from reelgen.schemas import AspectRatio, Mode
+from reelgen.schemas import MAX_CREDITS, MAX_DURATION, AspectRatio, Mode
 
 ENGINES = ("ltx2",)
 #: A custom engine: ``package.module:Class`` (a class with ``from_profile``; see ``reelgen.engines``).
@@ -367,6 +367,8 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
         raise _bad(name, "fps must be positive and 1 <= min_duration <= max_duration")
     if any(r < 0 for by_audio in rates.values() for r in by_audio.values()):
         raise _bad(name, "credit rates must not be negative")
+    if any(r * MAX_DURATION > MAX_CREDITS for by_audio in rates.values() for r in by_audio.values()):
+        raise _bad(name, f"a credit rate times {MAX_DURATION} s must not exceed {MAX_CREDITS} credits")
     if not 0 <= profile.image_crf <= 51:
         raise _bad(name, "image_crf must be 0 (no re-compression) to 51")
     for lora in loras.values():

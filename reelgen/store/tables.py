@@ -47,6 +47,7 @@ __all__ = [
     "metadata",
     "movements",
     "tasks",
+    "upload_slots",
     "uploads",
     "webhook_deliveries",
     "webhook_endpoints",
@@ -169,6 +170,8 @@ tasks = Table(
     Column("cost_us", BigInteger, nullable=False, server_default="1000000"),
     Column("tier", Integer, nullable=False, server_default="1"),
     Column("vstart", BigInteger, nullable=False, server_default="0"),
+    # Kling's ``external_task_id``: the caller's own id of the task, unique per account (migration 0006)
+    Column("external_task_id", String(128), nullable=True),
     CheckConstraint(_in("status", TASK_STATUSES), name="status_known"),
     CheckConstraint("progress >= 0 AND progress <= 100", name="progress_range"),
     CheckConstraint("price > 0", name="price_positive"),
@@ -188,6 +191,7 @@ tasks = Table(
         sqlite_where=text("status = 'pending'"),
     ),
     CheckConstraint("cost_us >= 1000", name="cost_us_min"),
+    Index("ix_tasks_account_id_external_task_id", "account_id", "external_task_id", unique=True),
 )
 
 # An Idempotency-Key and the first response it got, written in the transaction that created the
@@ -319,6 +323,24 @@ uploads = Table(
     Column("width", Integer, nullable=False),
     Column("height", Integer, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # when a task first named it (migration 0006); never-used uploads are purged after the retention
+    Column("used_at", UTCDateTime(), nullable=True),
+    Index("ix_uploads_used_at_created_at", "used_at", "created_at"),
+)
+
+# Presigned uploads waiting for their bytes (migration 0006): ``POST /api/v1/upload`` with
+# ``{contentType, sizeBytes}`` makes one; the signed ``PUT`` claims it (once) and stores the upload
+# under the same id. Unclaimed slots past ``expires_at`` are purged with their (partial) object.
+upload_slots = Table(
+    "upload_slots",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("content_type", String(32), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    Column("claimed_at", UTCDateTime(), nullable=True),
 )
 
 # Workers that serve a profile (migration 0010): ``loading`` while the engine loads and warms up,

@@ -1,7 +1,7 @@
 """Fair queueing: per-account weight, tier and virtual time; each task's expected GPU time, tier and start.
 
 Revision ID: 0007
-Revises: 0010
+Revises: 0006
 Create Date: 2026-11-30
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0010"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
