@@ -186,13 +186,24 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _limits(args: argparse.Namespace, settings: Settings) -> int:
-    """``keys limits``: set (``--rpm``, ``--max-active``) and show an account's effective limits."""
+    """``keys limits``: set (``--rpm``, ``--max-active``, ``--weight``, ``--tier``) and show an
+    account's effective limits and fair-queue schedule."""
     from reelgen import service
+    from reelgen.store.fair import MAX_WEIGHT
 
     ctx = service.Context.from_settings(settings)
     _opened.append(ctx.db)
+    if args.weight is not None and not 1 <= args.weight <= MAX_WEIGHT:  # before anything is written
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"--weight is a whole number from 1 to {MAX_WEIGHT}")
     found = service.set_limits(ctx, args.account, rpm=args.rpm, max_active=args.max_active)
-    data = {"account_id": args.account, "rpm": found["requestsPerMinute"], "max_active": found["maxActiveTasks"]}
+    queue = service.set_schedule(ctx, args.account, weight=args.weight, tier=args.tier)
+    data = {
+        "account_id": args.account,
+        "rpm": found["requestsPerMinute"],
+        "max_active": found["maxActiveTasks"],
+        "weight": queue["weight"],
+        "tier": queue["tier"],
+    }
 
     def shown(n: int) -> str:
         return "unlimited" if n == 0 else str(n)
@@ -200,7 +211,8 @@ def _limits(args: argparse.Namespace, settings: Settings) -> int:
     _print(
         args,
         data,
-        f"account {args.account}: {shown(data['rpm'])} requests per minute, {shown(data['max_active'])} active tasks",
+        f"account {args.account}: {shown(data['rpm'])} requests per minute, {shown(data['max_active'])} active tasks, "
+        f"queue weight {data['weight']}, {data['tier']} tier",
     )
     return 0
 

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.faults import Faults
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -127,12 +126,10 @@ class Worker:
         *,
         device: str,
         worker_id: str,
-        faults: Faults | None = None,
     ) -> None:
         self.settings = settings
         self.device = device
         self.worker_id = worker_id
-        self.faults = faults or Faults()
         self._draining = threading.Event()
         self._wake = threading.Event()
         self._ready = threading.Event()
@@ -172,8 +169,6 @@ class Worker:
         self._seen = time.monotonic()
         if self.engine.random_weights:
             log.warning("profile %s runs RANDOM weights: output is noise", self.profile.name)
-        if self.faults.any:
-            log.warning("test-only fault seams are active: %s", self.faults)
         self._ready.set()
         log.info("ready: claiming %s tasks", self.profile.name)
 
@@ -329,10 +324,8 @@ class Worker:
         return data
 
     def _on_step(self, att: Attempt, done: int, total: int) -> bool:
-        """After each denoising step: record progress, apply the fault seams, say whether to go on."""
+        """After each denoising step: record progress, say whether to go on."""
         att.progress = max(0, min(99, 100 * done // max(1, total)))
-        if self.faults.any:
-            self.faults.after_step(att.task.prompt, done, att.stop)
         return not att.stop.is_set()
 
     # -- outcomes ---------------------------------------------------------------------------

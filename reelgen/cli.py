@@ -148,11 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("list", help="list keys (display prefix only)")
     _add_store_args(p)
     p.add_argument("--json", action="store_true")
-    p = keys.add_parser("limits", help="show or set an account's request rate and active-task cap")
+    p = keys.add_parser(
+        "limits", help="show or set an account's request rate, active-task cap and fair-queue weight and tier"
+    )
     _add_store_args(p)
     p.add_argument("--account", required=True)
     p.add_argument("--rpm", type=int, help="requests per minute (0 = unlimited)")
     p.add_argument("--max-active", type=int, help="pending + processing tasks at once (0 = unlimited)")
+    p.add_argument("--weight", type=int, help="share of GPU time against other accounts (1-1000, default 1)")
+    p.add_argument(
+        "--tier", choices=("high", "normal", "batch"), help="claimed before (high) or after (batch) normal work"
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("credits", help="your balance from the server; operators: credits grant / show")

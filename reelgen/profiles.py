@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -27,6 +28,8 @@ from reelgen.schedules import ltx2_sigmas
 from reelgen.schemas import MAX_CREDITS, MAX_DURATION, AspectRatio, Mode
 
 ENGINES = ("ltx2",)
+#: A custom engine: ``package.module:Class`` (a class with ``from_profile``; see ``reelgen.engines``).
+CUSTOM_ENGINE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 #: The LTX-2 model generations diffusers 0.42.1 serves.
 GENERATIONS = ("2.0", "2.3", "2.5")
 #: ``weights`` (or a LoRA ``path``) value meaning "build tiny random weights in code".
@@ -321,8 +324,11 @@ _KNOWN = {
 
 def _profile(name: str, raw: dict[str, Any]) -> Profile:
     engine = raw.get("engine", "ltx2")
-    if engine not in ENGINES:
-        raise _bad(name, f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    if not isinstance(engine, str) or (engine not in ENGINES and not CUSTOM_ENGINE.match(engine)):
+        raise _bad(
+            name,
+            f"unknown engine {engine!r} (known: {', '.join(ENGINES)}; or a custom engine as 'package.module:Class')",
+        )
     generation = str(raw.get("generation", "2.0"))
     if generation not in GENERATIONS:
         raise _bad(name, f"unknown generation {generation!r} (known: {', '.join(GENERATIONS)})")

@@ -5,8 +5,9 @@ the mode, a duration bucket (3-5 s, 6-10 s, 11-15 s) and whether audio is made. 
 is the median of the latest completed runs of that class (claim to completion). A task's
 ``etaSeconds`` is then a rough forecast, ``null`` until the class has at least one completed run:
 
-* pending: ``median x (1 + tasks ahead in the queue / workers)``, the tasks ahead assumed to be
-  like this one (``workers`` = the executor's devices);
+* pending: ``median x (1 + tasks ahead in the queue / workers)``, the tasks ahead (in the fair
+  queue's claim order, ``store.fair``) assumed to be like this one (``workers`` = the executor's
+  devices);
 * processing: ``median x (1 - progress/100)``;
 * finished: ``0``.
 """
@@ -90,9 +91,10 @@ def eta_for_tasks(conn: Connection, rows: Sequence[tuple[tasks.TaskRow, int | No
     return out
 
 
-def eta_for_new(conn: Connection, klass: str, profile: str, workers: int) -> int | None:
-    """Seconds a request of class ``klass`` submitted now would likely take, queue included."""
+def eta_for_new(conn: Connection, klass: str, profile: str, workers: int, account_id: str) -> int | None:
+    """Seconds a request of class ``klass`` that ``account_id`` submitted now would likely take,
+    counting the tasks the fair queue would claim before it."""
     typical = typical_run_seconds(conn, klass)
     if typical is None:
         return None
-    return _pending_eta(typical, tasks.count_pending(conn, profile), workers)
+    return _pending_eta(typical, tasks.queue_position_for_new(conn, account_id, profile), workers)

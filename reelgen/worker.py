@@ -10,9 +10,6 @@ the current task may finish within ``shutdown_grace_seconds``, else it stops at 
 boundary and is handed back to the queue (a hand-back is not a failure); the process exits 0. A
 second SIGTERM hands the task back at once and exits 0. SIGKILL is safe too: the lease expires and
 the sweeper requeues the task as a new attempt (``reelgen.sweeper.sweep_once``).
-
-Test-only fault seams (``REELGEN_FAULT_*``) are read from the environment at start: see
-``reelgen.faults``.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from typing import BinaryIO
 
 from reelgen.attempt import Worker
 from reelgen.errors import ReelgenError
-from reelgen.faults import Faults
 
 __all__ = ["Shell", "main"]
 
@@ -137,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # multiprocessing's resource tracker unblocks SIGINT/SIGTERM when it starts: block them again
         # before the group's threads (and ours) are created
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    worker = Worker(Settings(), device=args.device, worker_id=args.worker_id, faults=Faults.from_env(os.environ))
+    worker = Worker(Settings(), device=args.device, worker_id=args.worker_id)
     shell = Shell(worker)
     threading.Thread(target=shell.watch_signals, name="signals", daemon=True).start()
     if args.parent_pipe:

@@ -46,7 +46,7 @@ def make_ctx(settings: Settings, db: Database) -> service.Context:
     return service.Context(
         db=db,
         settings=settings,
-        profile=get_profile(settings.profile),
+        profile=get_profile(settings.profile, settings.profiles_file),
         storage=pick(settings),
         secret=settings.resolved_secret(),
     )

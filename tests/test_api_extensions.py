@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -17,9 +18,9 @@ from fastapi.testclient import TestClient
 
 from reelgen import service
 from reelgen.api.sse import frames
-from reelgen.faults import FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV
 from reelgen.store import ledger, tasks
-from tests.api_fixtures import LiveServer
+from tests.api_fixtures import LiveServer, make_ctx, make_settings
+from tests.engines import PROFILES, importable_env
 from tests.factories import Account, generate_body, make_account
 from tests.test_api import assert_error
 from tests.test_e2e import wait_terminal
@@ -178,11 +179,11 @@ def test_cancel_finished_foreign_and_unknown_tasks(client: TestClient, ctx: serv
 def test_cancel_a_processing_task_stops_the_worker(
     tmp_path: Any, ctx: service.Context, rich: Account, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # each denoising step of a "slow" task is followed by a 30 s pause that only a stop cuts short
-    monkeypatch.setenv(FAULT_SLOW_ENV, "slow")
-    monkeypatch.setenv(FAULT_STEP_DELAY_ENV, "30")
+    # the test engine follows each denoising step of a "slow" task with a 30 s pause that only a stop cuts short
+    monkeypatch.setenv("PYTHONPATH", importable_env(os.environ)["PYTHONPATH"])  # the worker imports it
+    faulty = make_ctx(make_settings(tmp_path, ctx.db, profile="ltx-2-tiny-faults", profiles_file=PROFILES), ctx.db)
     with (
-        LiveServer(ctx, start_executor=True) as live,
+        LiveServer(faulty, start_executor=True) as live,
         httpx.Client(base_url=live.url, headers=rich.headers, timeout=30) as c,
     ):
         slow = c.post("/api/v1/generate", json=generate_body(prompt="a slow fox")).json()["data"]["id"]

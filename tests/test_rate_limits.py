@@ -135,9 +135,21 @@ def test_operator_sets_limits_with_the_cli(
 
     store = ["--data-dir", str(ctx.settings.data_dir), "--database-url", ctx.db.url]
     assert main(["keys", "limits", "--account", acc.id, "--rpm", "2", "--max-active", "0", "--json", *store]) == 0
-    assert json.loads(capsys.readouterr().out) == {"account_id": acc.id, "rpm": 2, "max_active": 0}
+    assert json.loads(capsys.readouterr().out) == {
+        "account_id": acc.id,
+        "rpm": 2,
+        "max_active": 0,
+        "weight": 1,
+        "tier": "normal",
+    }
+    assert main(["keys", "limits", "--account", acc.id, "--weight", "3", "--tier", "batch", *store]) == 0
+    assert "2 requests per minute, unlimited active tasks, queue weight 3, batch tier" in capsys.readouterr().out
     assert main(["keys", "limits", "--account", acc.id, *store]) == 0
-    assert "2 requests per minute, unlimited active tasks" in capsys.readouterr().out
+    assert "queue weight 3, batch tier" in capsys.readouterr().out
+    assert main(["keys", "limits", "--account", acc.id, "--rpm", "5", "--weight", "0", *store]) == 2
+    assert "INVALID_INPUT" in capsys.readouterr().err
+    assert service.set_limits(ctx, acc.id, rpm=None, max_active=None)["requestsPerMinute"] == 2  # nothing written
+    assert service.set_schedule(ctx, acc.id, weight=None, tier="high") == {"weight": 3, "tier": "high"}
     statuses = [client.get("/api/v1/credits", headers=acc.headers).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
     assert main(["keys", "limits", "--account", "nobody", "--rpm", "1", *store]) == 2

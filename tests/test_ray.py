@@ -4,12 +4,14 @@ RELIABILITY 12: the store is the source of truth. Engine actors run the real wor
 tiny LTX-2 engine against a real SQLite store; the test kills actors with ``ray.kill`` and checks
 the store's attempt counter and the ledger. The cluster is bounded (2 CPUs, a small object store,
 no dashboard) and shared by the module's tests, which take about 2-3 minutes in all on 2 cores.
-Mid-generation moments come from the worker's test-only slow seam (``REELGEN_FAULT_SLOW_ON_PROMPT``),
-passed to the actors through the job's runtime environment.
+Mid-generation moments come from the test engine the profile selects (``ltx-2-tiny-faults-brief``,
+``tests/engines/faulty.py``: a 1.5 s pause after each step of a "slow-fox" prompt); the actors
+import it through the job's runtime environment (``PYTHONPATH``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,10 +27,10 @@ from reelgen import service
 from reelgen.config import Settings
 from reelgen.domain import TaskStatus
 from reelgen.executor.ray import DISPATCHER_NAME, NAMESPACE, RayExecutor, wait_for_engines
-from reelgen.faults import FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV
 from reelgen.store import ledger, tasks
 from reelgen.store.db import Database
 from reelgen.store.tables import movements
+from tests.engines import PROFILES, importable_env
 from tests.factories import Account, generate_body, make_account
 
 pytestmark = pytest.mark.ray
@@ -81,7 +83,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayRig]:
     settings = Settings(
         data_dir=tmp / "data",
         database_url=f"sqlite:///{tmp / 'reelgen.db'}",
-        profile="ltx-2-tiny",
+        profile="ltx-2-tiny-faults-brief",
+        profiles_file=PROFILES,
         secret_key="ray-test-secret",
         executor="ray",
         ray_actors=ACTORS,
@@ -97,7 +100,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayRig]:
         include_dashboard=False,
         log_to_driver=False,
         namespace=NAMESPACE,
-        runtime_env={"env_vars": {FAULT_SLOW_ENV: SLOW, FAULT_STEP_DELAY_ENV: "1.5"}},
+        runtime_env={"env_vars": {"PYTHONPATH": importable_env(os.environ)["PYTHONPATH"]}},
     )
     executor = RayExecutor(settings)
     try:

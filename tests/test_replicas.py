@@ -69,8 +69,6 @@ class Cluster:
         # one account submits the whole burst: lift the per-account request and active-task caps
         env["REELGEN_RATE_LIMIT_RPM"] = "0"
         env["REELGEN_MAX_ACTIVE_TASKS"] = "0"
-        for var in [k for k in env if k.startswith("REELGEN_FAULT_")]:
-            del env[var]
         return env
 
     def spawn(self, role: str, cmd: list[str]) -> subprocess.Popen[bytes]:

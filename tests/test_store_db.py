@@ -31,6 +31,7 @@ TABLES = {
     "webhook_endpoints",
     "account_limits",
     "uploads",
+    "account_queue",
 }
 
 

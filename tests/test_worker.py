@@ -2,9 +2,10 @@
 
 Every test runs real ``python -m reelgen.worker`` subprocesses on the tiny LTX-2 engine against a
 real database (a SQLite file in tmp_path; PostgreSQL too where marked), and waits for state by
-polling the database with a deadline. Mid-generation moments are made reliable with the worker's
-test-only fault seams (``REELGEN_FAULT_SLOW_ON_PROMPT`` pauses after each denoising step,
-``REELGEN_FAULT_CRASH_ON_PROMPT`` SIGKILLs the worker after its first step).
+polling the database with a deadline. Mid-generation moments are made reliable by the test engine
+the rig's profile selects (``ltx-2-tiny-faults``, ``tests/engines/faulty.py``): a "slow" prompt
+pauses after each denoising step until the attempt is told to stop, a "poison" prompt SIGKILLs the
+worker after its first step.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from reelgen.domain import TaskStatus
 from reelgen.engines.base import Engine
 from reelgen.errors import ErrorCode
 from reelgen.executor.local import LocalExecutor, settings_env
-from reelgen.faults import FAULT_CRASH_ENV, FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV, Faults
 from reelgen.media import probe
 from reelgen.storage.local import LocalStorage
 from reelgen.store import keys, ledger, tasks
 from reelgen.store.db import Database
 from reelgen.store.tables import movements
 from reelgen.sweeper import sweep_once
+from tests.engines import PLAIN_PROFILES, PROFILES, importable_env
+from tests.engines.faulty import Faults, FaultyEngine
 from tests.store_fixtures import pg_schema
 
 GRANT = 1000
@@ -76,7 +78,7 @@ class Rig:
                 conn,
                 account_id=self.account,
                 model=model,
-                profile="ltx-2-tiny",
+                profile=self.settings.profile,
                 input=body,
                 prompt=prompt,
                 price=PRICE,
@@ -90,12 +92,11 @@ class Rig:
         task_id: str = self.db.run(go, immediate=True)
         return task_id
 
-    def spawn(self, name: str, **env: str) -> subprocess.Popen[bytes]:
-        """Start ``python -m reelgen.worker`` with the rig's settings (and fault-seam variables)."""
-        full = settings_env(self.settings)
-        for var in (FAULT_CRASH_ENV, FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV):
-            full.pop(var, None)
-        full.update(env)
+    def spawn(self, name: str, *, faults: bool = True) -> subprocess.Popen[bytes]:
+        """Start ``python -m reelgen.worker`` with the rig's settings; ``faults=False``: the same
+        profile on the plain tiny engine (a healthy worker that runs "slow" tasks at full speed)."""
+        settings = self.settings if faults else self.settings.model_copy(update={"profiles_file": PLAIN_PROFILES})
+        full = settings_env(settings)
         with (self.logs / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "reelgen.worker", "--device", "cpu", "--worker-id", name],
@@ -186,6 +187,8 @@ def _make_rig(tmp_path: Path, database_url: str | None, **overrides: Any) -> Rig
         "lease_seconds": 30.0,
         "shutdown_grace_seconds": 2.0,
         "max_attempts": 3,
+        "profile": "ltx-2-tiny-faults",
+        "profiles_file": PROFILES,
         **overrides,
     }
     settings = Settings(**options)
@@ -202,6 +205,12 @@ def _make_rig(tmp_path: Path, database_url: str | None, **overrides: Any) -> Rig
 
     rig.account = db.run(fund, immediate=True)
     return rig
+
+
+@pytest.fixture(autouse=True)
+def _test_engine_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes (spawned here or by an executor) import the rig profile's test engine."""
+    monkeypatch.setenv("PYTHONPATH", importable_env(os.environ)["PYTHONPATH"])
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -266,9 +275,9 @@ def test_killed_worker_is_recovered_on_a_fresh_worker(any_rig: Rig) -> None:
     """RELIABILITY 8: SIGKILL mid-generation, lease expiry, one rescuer pass, attempt 2 completes once."""
     rig = any_rig
     task_id = rig.submit("slow fox")
-    w1 = rig.spawn("w1", **{FAULT_SLOW_ENV: "slow", FAULT_STEP_DELAY_ENV: "30"})
+    w1 = rig.spawn("w1")
     rig.wait_task(task_id, "running with a heartbeat", lambda r: r.status == TaskStatus.PROCESSING and r.progress > 0)
-    w2 = rig.spawn("w2")  # loads while w1 is stuck mid-generation; nothing else to claim
+    w2 = rig.spawn("w2", faults=False)  # loads while w1 is stuck mid-generation; nothing else to claim
     os.kill(w1.pid, signal.SIGKILL)
     assert rig.wait_exit(w1) == -signal.SIGKILL
     row = rig.task(task_id)
@@ -284,12 +293,11 @@ def test_killed_worker_is_recovered_on_a_fresh_worker(any_rig: Rig) -> None:
     assert rig.wait_exit(w2, timeout=10) == 0
 
 
-def test_poison_task_fails_after_max_attempts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """RELIABILITY 9: the crash seam kills every attempt; the executor's supervisor restarts the
-    worker and its sweeper requeues, until the third expired lease fails the task and releases
+def test_poison_task_fails_after_max_attempts(tmp_path: Path) -> None:
+    """RELIABILITY 9: the test engine kills every attempt of a poison prompt; the executor's
+    supervisor restarts the worker and its sweeper requeues, until the third expired lease fails the task and releases
     its hold. There is no fourth attempt."""
     rig = _make_rig(tmp_path, None, lease_seconds=1.0)
-    monkeypatch.setenv(FAULT_CRASH_ENV, "poison")
     executor = LocalExecutor(rig.settings)
     try:
         task_id = rig.submit("a poison pill")
@@ -311,9 +319,9 @@ def test_poison_task_fails_after_max_attempts(tmp_path: Path, monkeypatch: pytes
 def test_sigterm_hands_back_within_grace_and_a_restarted_worker_finishes(rig: Rig) -> None:
     """RELIABILITY 10: SIGTERM with a 2 s grace mid-task; exit 0 within ~3 s; task queued, no lease."""
     task_id = rig.submit("slow fox")
-    w1 = rig.spawn("w1", **{FAULT_SLOW_ENV: "slow", FAULT_STEP_DELAY_ENV: "30"})
+    w1 = rig.spawn("w1")
     rig.wait_task(task_id, "running with a heartbeat", lambda r: r.status == TaskStatus.PROCESSING and r.progress > 0)
-    w2 = rig.spawn("w2")
+    w2 = rig.spawn("w2", faults=False)
     started = time.monotonic()
     w1.send_signal(signal.SIGTERM)
     assert rig.wait_exit(w1, timeout=15) == 0
@@ -337,7 +345,7 @@ def test_second_sigterm_hands_back_at_once(tmp_path: Path) -> None:
     rig = _make_rig(tmp_path, None, shutdown_grace_seconds=60.0)
     try:
         task_id = rig.submit("slow fox")
-        w1 = rig.spawn("w1", **{FAULT_SLOW_ENV: "slow", FAULT_STEP_DELAY_ENV: "30"})
+        w1 = rig.spawn("w1")
         rig.wait_task(task_id, "running", lambda r: r.status == TaskStatus.PROCESSING and r.progress > 0)
         started = time.monotonic()
         w1.send_signal(signal.SIGTERM)
@@ -360,8 +368,8 @@ def in_process(rig: Rig, tiny_engine: Engine) -> Iterator[Callable[..., Worker]]
     made: list[Worker] = []
 
     def make(worker_id: str, faults: Faults | None = None, **overrides: Any) -> Worker:
-        worker = Worker(rig.settings.model_copy(update=overrides), device="cpu", worker_id=worker_id, faults=faults)
-        worker.load(engine=tiny_engine)
+        worker = Worker(rig.settings.model_copy(update=overrides), device="cpu", worker_id=worker_id)
+        worker.load(engine=tiny_engine if faults is None else FaultyEngine(tiny_engine, faults))
         made.append(worker)
         return worker
 

@@ -24,7 +24,6 @@ travels through Ray. Ray is imported only here (``pip install 'reelgen[ray]'``).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -67,13 +66,10 @@ class EngineActor:
 
     def __init__(self, settings: Settings, name: str, device: str) -> None:
         from reelgen.attempt import Worker
-        from reelgen.faults import Faults
 
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s")
         self.worker_id = f"ray:{name}:{uuid.uuid4().hex[:8]}"
-        self.worker: Worker = Worker(
-            settings, device=device, worker_id=self.worker_id, faults=Faults.from_env(os.environ)
-        )
+        self.worker: Worker = Worker(settings, device=device, worker_id=self.worker_id)
         self.worker.load()
         self._thread = threading.Thread(target=self.worker.run, name="reelgen-worker", daemon=True)
         self._thread.start()

@@ -17,7 +17,7 @@ live in ``reelgen.api``. Money moves only in ``store.ledger`` / ``store.tasks``.
 from __future__ import annotations
 
 from reelgen.service.account import credits, webhook_secret
-from reelgen.service.admission import Admission, admit, set_limits
+from reelgen.service.admission import Admission, admit, set_limits, set_schedule
 from reelgen.service.catalogue import MODEL_TYPES, TOOLS, metrics, models, ready, tool
 from reelgen.service.context import Context, utcnow
 from reelgen.service.links import signed_file_url
@@ -65,6 +65,7 @@ __all__ = [
     "result_for_owner",
     "result_for_token",
     "set_limits",
+    "set_schedule",
     "signed_file_url",
     "submit",
     "task_events",

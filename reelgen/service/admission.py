@@ -1,6 +1,7 @@
 """Admission: who is calling (an API key → an account) and how much they may do (request rate,
 active tasks). The HTTP layer parses the ``Authorization`` header; this module only sees the key.
-Operators override an account's limits through ``set_limits`` (``reelgen keys limits``)."""
+Operators override an account's limits through ``set_limits`` and its place in the fair queue
+(weight, tier) through ``set_schedule`` (both ``reelgen keys limits``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from sqlalchemy import Connection
 
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.service.context import Context
-from reelgen.store import keys, limits
+from reelgen.store import fair, keys, limits
 
-__all__ = ["Admission", "admit", "limits_of", "set_limits"]
+__all__ = ["Admission", "admit", "limits_of", "set_limits", "set_schedule"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,15 @@ def set_limits(ctx: Context, account_id: str, *, rpm: int | None, max_active: in
 
     found = ctx.db.run(go, immediate=True)
     return {"requestsPerMinute": found.requests_per_minute, "maxActiveTasks": found.max_active_tasks}
+
+
+def set_schedule(ctx: Context, account_id: str, *, weight: int | None, tier: str | None) -> dict[str, object]:
+    """Operator: set an account's fair-queue weight (1-1000) and tier (``high``, ``normal``,
+    ``batch``); None keeps one. Returns ``{weight, tier}``. ``ACCOUNT_NOT_FOUND``, ``INVALID_INPUT``."""
+
+    def go(conn: Connection) -> fair.Schedule:
+        fair.set_schedule(conn, account_id, weight=weight, tier=tier)
+        return fair.get_schedule(conn, account_id)
+
+    found = ctx.db.run(go, immediate=True)
+    return {"weight": found.weight, "tier": found.tier}

@@ -228,8 +228,9 @@ def _check_uploads(conn: Connection, account_id: str, image_urls: tuple[str, ...
 
 
 def estimate(ctx: Context, account_id: str, body: Any, base_url: str | None = None) -> dict[str, Any]:
-    """What ``submit`` would charge for ``body`` and how long it would likely take; writes nothing
-    (``base_url``: as for ``submit``, so a ``publicUrl`` of this server is checked like ``submit`` does)."""
+    """What ``submit`` would charge for ``body`` and how long it would likely take (the caller's
+    place in the fair queue included); writes nothing (``base_url``: as for ``submit``, so a
+    ``publicUrl`` of this server is checked like ``submit`` does)."""
     checked = _validated(ctx, body)  # every check of ``submit`` (prices are the same for every account)
     request = checked.request
     klass = progress.request_class(ctx.profile.name, request.model, request.input)
@@ -237,7 +238,7 @@ def estimate(ctx: Context, account_id: str, body: Any, base_url: str | None = No
 
     def read(conn: Connection) -> int | None:
         _check_uploads(conn, account_id, _local_uploads(ctx, request.input, base_url).image_urls, None)
-        return progress.eta_for_new(conn, klass, ctx.profile.name, workers)
+        return progress.eta_for_new(conn, klass, ctx.profile.name, workers, account_id)
 
     eta = ctx.db.run(read)
     return {"model": request.model, "credits": checked.price, "etaSeconds": eta}

@@ -27,16 +27,19 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "BUCKETS",
     "MOVEMENT_KINDS",
+    "QUEUE_TIERS",
     "TASK_STATUSES",
     "WORKER_STATES",
     "UTCDateTime",
     "account_limits",
+    "account_queue",
     "accounts",
     "api_keys",
     "idempotency_keys",
@@ -163,6 +166,11 @@ tasks = Table(
     # model, mode, duration bucket and audio: the runs an ETA is learned from (migration 0002)
     Column("request_class", String(200), nullable=True),
     Column("callback_url", Text, nullable=True),  # where the end of the task is POSTed (migration 0003)
+    # the fair queue (migration 0007, store.fair): expected GPU microseconds, the account's tier
+    # when submitted (0 high, 1 normal, 2 batch) and the task's start in the account's virtual time
+    Column("cost_us", BigInteger, nullable=False, server_default="1000000"),
+    Column("tier", Integer, nullable=False, server_default="1"),
+    Column("vstart", BigInteger, nullable=False, server_default="0"),
     # Kling's ``external_task_id``: the caller's own id of the task, unique per account (migration 0006)
     Column("external_task_id", String(128), nullable=True),
     CheckConstraint(_in("status", TASK_STATUSES), name="status_known"),
@@ -172,6 +180,18 @@ tasks = Table(
     Index("ix_tasks_status_created_at", "status", "created_at"),
     Index("ix_tasks_account_id_created_at", "account_id", "created_at"),
     Index("ix_tasks_request_class_completed_at", "request_class", "completed_at"),
+    # the fair queue (store.fair): pending tasks in claim order, per profile
+    Index(
+        "ix_tasks_pending_fair",
+        "profile",
+        "tier",
+        "vstart",
+        "created_at",
+        "id",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+    CheckConstraint("cost_us >= 1000", name="cost_us_min"),
     Index("ix_tasks_account_id_external_task_id", "account_id", "external_task_id", unique=True),
 )
 
@@ -270,6 +290,25 @@ account_limits = Table(
     Column("max_active_tasks", Integer, nullable=True),
     CheckConstraint("requests_per_minute >= 0", name="rpm_nonnegative"),
     CheckConstraint("max_active_tasks >= 0", name="active_nonnegative"),
+)
+
+QUEUE_TIERS = ("high", "normal", "batch")
+
+# The fair queue's bookkeeping per account (migration 0007, ``store.fair``): the operator's weight
+# and tier, and the account's virtual time (where its next task starts: expected GPU microseconds
+# divided by weight).
+account_queue = Table(
+    "account_queue",
+    metadata,
+    Column("account_id", String(32), ForeignKey("accounts.id"), primary_key=True),
+    Column("weight", Integer, nullable=False, server_default="1"),
+    Column("tier", Integer, nullable=False, server_default="1"),  # index into QUEUE_TIERS
+    Column("vtime", BigInteger, nullable=False, server_default="0"),
+    # the virtual time at which its latest claimed task started (the queue's clock is the maximum)
+    Column("last_start", BigInteger, nullable=False, server_default="0"),
+    CheckConstraint("weight >= 1 AND weight <= 1000", name="weight_range"),
+    CheckConstraint("tier >= 0 AND tier <= 2", name="tier_known"),
+    Index("ix_account_queue_last_start", "last_start"),
 )
 
 # Input images uploaded with ``POST /api/v1/upload`` (migration 0005); the bytes live in storage

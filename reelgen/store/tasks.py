@@ -8,6 +8,7 @@ or publish its result. Finishing moves the credits in the same transaction as th
 
 Call the writing functions inside ``db.run(fn, immediate=True)``: on SQLite that serialises them on
 the write lock, on PostgreSQL claims use ``FOR UPDATE SKIP LOCKED`` and the ledger locks the account.
+Which pending task a claim takes is the fair queue's choice (``store.fair``).
 
 Over 400 lines on purpose: every verb here relies on the same fenced conditional write
 (``_move``, checked against ``TaskStatus.can_move_to``), and keeping them in one module keeps that
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,7 +29,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.store import ledger, webhooks
+from reelgen.store import fair, ledger, webhooks
 from reelgen.store.tables import tasks
 from reelgen.video_view import webhook_event
 from reelgen.views import webhook_object
@@ -46,6 +48,7 @@ __all__ = [
     "count_active",
     "count_pending",
     "create",
+    "expected_cost_us",
     "expire_holds",
     "fail",
     "find_external",
@@ -55,6 +58,7 @@ __all__ = [
     "is_task_id",
     "list_for_account",
     "queue_position",
+    "queue_position_for_new",
     "queue_positions",
     "recent_run_seconds",
     "rescue_expired",
@@ -176,7 +180,9 @@ def create(
     ``request_class`` groups tasks whose run times predict each other's (see ``recent_run_seconds``);
     ``callback_url`` is owed a webhook when the task ends (see ``store.webhooks``);
     ``external_task_id`` is the caller's own id of the task (unique per account: a duplicate raises
-    ``IntegrityError``; check ``find_external`` first under the account lock).
+    ``IntegrityError``; check ``find_external`` first under the account lock). The task's expected
+    GPU time and its place in the fair queue (``store.fair``) are set here: the median of the
+    class's recent runs, else the video's seconds.
     """
     if isinstance(price, bool) or not isinstance(price, int) or price <= 0:
         raise ValueError(f"price must be a positive number of credits (got {price!r})")
@@ -185,6 +191,8 @@ def create(
     task_id = task_id or uuid.uuid4().hex
     if not is_task_id(task_id):
         raise ValueError(f"not a task id: {task_id!r}")
+    cost_us = expected_cost_us(conn, request_class, input)
+    place = fair.tag(conn, account_id, cost_us)
     conn.execute(
         insert(tasks).values(
             id=task_id,
@@ -203,6 +211,9 @@ def create(
             created_at=now,
             request_class=request_class,
             callback_url=callback_url,
+            cost_us=cost_us,
+            tier=place.tier,
+            vstart=place.vstart,
             external_task_id=external_task_id,
         )
     )
@@ -235,37 +246,32 @@ def _require(conn: Connection, task_id: str) -> TaskRow:
     return task
 
 
+def expected_cost_us(conn: Connection, request_class: str | None, input: dict[str, Any]) -> int:
+    """A new task's expected GPU microseconds: the median run time of the latest completed tasks of
+    its request class, else (no history yet) its video's seconds; at least a millisecond."""
+    runs = recent_run_seconds(conn, request_class) if request_class is not None else []
+    seconds = statistics.median(runs) if runs else float(input.get("duration") or 5)
+    return max(1000, round(seconds * 1_000_000))
+
+
 def queue_position(conn: Connection, task_id: str) -> int | None:
     """How many pending tasks will be claimed before this one (0 = next); None unless pending.
 
-    Only tasks of the same profile count: workers claim per profile (``claim(profile=...)``), so
-    those are the tasks ahead of it, and the ETA (``progress``) is built on the same number.
+    The fair order of ``claim`` (``store.fair``) as things stand now; only tasks of the same
+    profile count, since workers claim per profile (``claim(profile=...)``), and the ETA
+    (``progress``) is built on the same number.
     """
     return queue_positions(conn, [task_id]).get(task_id)
 
 
 def queue_positions(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
     """``queue_position`` of each pending task among ``task_ids``, in one query (others are absent)."""
-    if not task_ids:
-        return {}
-    ahead = tasks.alias("ahead")
-    count_ahead = (
-        select(func.count())
-        .select_from(ahead)
-        .where(
-            ahead.c.status == _PENDING,
-            ahead.c.profile == tasks.c.profile,
-            or_(
-                ahead.c.created_at < tasks.c.created_at,
-                and_(ahead.c.created_at == tasks.c.created_at, ahead.c.id < tasks.c.id),
-            ),
-        )
-        .scalar_subquery()
-    )
-    rows = conn.execute(
-        select(tasks.c.id, count_ahead).where(tasks.c.id.in_(list(task_ids)), tasks.c.status == _PENDING)
-    ).all()
-    return {row[0]: int(row[1]) for row in rows}
+    return fair.positions(conn, task_ids)
+
+
+def queue_position_for_new(conn: Connection, account_id: str, profile: str) -> int:
+    """How many pending tasks of ``profile`` would be claimed before a task ``account_id`` submitted now."""
+    return fair.position_for_new(conn, account_id, profile)
 
 
 def claim(
@@ -276,21 +282,24 @@ def claim(
     now: datetime,
     profile: str | None = None,
 ) -> TaskRow | None:
-    """Take the oldest pending task (of ``profile``, if given) as a new attempt; None if none waits."""
-    for _ in range(_CLAIM_TRIES):
-        oldest = select(tasks.c.id).where(tasks.c.status == _PENDING).order_by(tasks.c.created_at, tasks.c.id).limit(1)
-        if profile is not None:
-            oldest = oldest.where(tasks.c.profile == profile)
-        if _is_postgres(conn):
-            oldest = oldest.with_for_update(skip_locked=True)
-        task_id = conn.execute(oldest).scalar_one_or_none()
-        if task_id is None:
-            return None
-        won = _move(
-            conn,
-            task_id,
-            _PENDING,
-            None,
+    """Take the pending task the fair order puts first (of ``profile``, if given; ``store.fair``)
+    as a new attempt; None if none waits.
+
+    One statement picks and moves the task (``UPDATE ... WHERE id = (SELECT ... ORDER BY ... LIMIT
+    1 FOR UPDATE SKIP LOCKED) RETURNING``: concurrent workers on PostgreSQL take different tasks
+    without waiting), one more moves the queue's clock.
+    """
+    _allowed(_PENDING, _PROCESSING)
+    first = select(tasks.c.id).where(tasks.c.status == _PENDING)
+    if profile is not None:
+        first = first.where(tasks.c.profile == profile)
+    first = first.order_by(*fair.claim_order()).limit(1)
+    if _is_postgres(conn):
+        first = first.with_for_update(skip_locked=True)
+    taken = conn.execute(
+        update(tasks)
+        .where(tasks.c.id == first.scalar_subquery(), tasks.c.status == _PENDING)
+        .values(
             status=_PROCESSING,
             attempt=tasks.c.attempt + 1,
             worker_id=worker_id,
@@ -299,9 +308,13 @@ def claim(
             started_at=now,
             progress=0,
         )
-        if won:
-            return get(conn, task_id)
-    return None
+        .returning(*tasks.c)
+    ).one_or_none()
+    if taken is None:
+        return None
+    task = _row(taken._mapping)
+    fair.started(conn, task.account_id, int(taken.vstart))
+    return task
 
 
 def heartbeat(
