@@ -16,10 +16,10 @@ import pytest
 
 from reelgen.domain import TaskStatus
 from reelgen.executor.local import LocalExecutor, settings_env
-from reelgen.faults import FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV
 from reelgen.groupworker import GROUP_BROKEN_EXIT
 from reelgen.sweeper import sweep_once
-from tests.test_worker import Rig, _make_rig, utcnow
+from tests.engines import PLAIN_PROFILES
+from tests.test_worker import Rig, _make_rig, _test_engine_importable, utcnow  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture
@@ -46,11 +46,10 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def spawn_group(rig: Rig, name: str, **env: str) -> subprocess.Popen[bytes]:
-    full = settings_env(rig.settings)
-    for var in (FAULT_SLOW_ENV, FAULT_STEP_DELAY_ENV):
-        full.pop(var, None)
-    full.update(env)
+def spawn_group(rig: Rig, name: str, profiles_file: Path = PLAIN_PROFILES) -> subprocess.Popen[bytes]:
+    """``python -m reelgen.worker`` on the two-cpu group; ``profiles_file`` names the rig's profile
+    (default: on the plain tiny engine)."""
+    full = settings_env(rig.settings.model_copy(update={"profiles_file": profiles_file}))
     with (rig.logs / f"{name}.log").open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "reelgen.worker", "--device", "cpu,cpu", "--worker-id", name],
@@ -61,6 +60,16 @@ def spawn_group(rig: Rig, name: str, **env: str) -> subprocess.Popen[bytes]:
         )
     rig.procs.append(proc)
     return proc
+
+
+def slow_profiles(rig: Rig) -> Path:
+    """The rig's profile on the test engine, pausing 3 s after each step of a "slow" task."""
+    path = rig.logs / "slow.toml"
+    path.write_text(
+        f'["{rig.settings.profile}"]\nextends = "ltx-2-tiny"\nengine = "tests.engines.faulty:FaultyEngine"\n'
+        'faults = { slow_on_prompt = "slow", step_delay = 3.0 }\n'
+    )
+    return path
 
 
 def test_the_local_executor_runs_a_task_on_a_group(group_rig: Rig) -> None:
@@ -84,7 +93,7 @@ def test_the_local_executor_runs_a_task_on_a_group(group_rig: Rig) -> None:
 def test_a_killed_rank_ends_the_attempt_and_the_task_is_retried_and_charged_once(group_rig: Rig) -> None:
     rig = group_rig
     task_id = rig.submit("slow fox")
-    g1 = spawn_group(rig, "g1", **{FAULT_SLOW_ENV: "slow", FAULT_STEP_DELAY_ENV: "3"})
+    g1 = spawn_group(rig, "g1", slow_profiles(rig))
     rig.wait_task(task_id, "running on the group", lambda r: r.status == TaskStatus.PROCESSING and r.progress > 0)
     followers = children_of(g1.pid)
     rank1 = [p for p in followers if "spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]

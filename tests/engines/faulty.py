@@ -64,6 +64,9 @@ class FaultyEngine:
     def random_weights(self) -> bool:
         return self.inner.random_weights
 
+    def __getattr__(self, name: str) -> object:  # the wrapped engine's transformer, device, video_encoder ...
+        return getattr(self.inner, name)
+
     @classmethod
     def check_profile(cls, profile: Profile, load_format: str = "auto") -> None:
         from reelgen.engines import check_profile
