@@ -86,6 +86,46 @@ Prompt = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS), AfterValidator
 
 _IMAGE_URL = re.compile(IMAGE_URL_PATTERN)
 
+#: the most ``input.loras`` any request may list (a profile's ``max_request_loras`` may allow fewer)
+MAX_REQUEST_LORAS = 16
+#: LoRA and camera strengths a request may give
+MIN_STRENGTH, MAX_STRENGTH = -2.0, 2.0
+#: ``camera_control.type``: the seven moves of the official LTX-2 camera LoRAs
+CameraMove = Literal["dolly_in", "dolly_out", "dolly_left", "dolly_right", "jib_up", "jib_down", "static"]
+Strength = Annotated[float, Field(ge=MIN_STRENGTH, le=MAX_STRENGTH, allow_inf_nan=False, strict=False)]
+
+
+class LoraRequest(BaseModel):
+    """One of the profile's requestable LoRAs by name, at ``strength`` (default: the profile's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: StrictStr = Field(min_length=1, max_length=100)
+    strength: Strength | None = None
+
+    @field_validator("strength", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not (v is None or isinstance(v, int | float)):
+            raise ValueError("must be a number")
+        return v
+
+
+class CameraControl(BaseModel):
+    """A camera move, run by the profile's camera LoRA for it at ``strength`` (default: the LoRA's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: CameraMove
+    strength: Strength | None = None
+
+    @field_validator("strength", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not (v is None or isinstance(v, int | float)):
+            raise ValueError("must be a number")
+        return v
+
 
 class Shot(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -115,6 +155,18 @@ class GenerateInput(BaseModel):
     image_urls: tuple[StrictStr, ...] | None = None
     multi_shots: StrictBool = False
     multi_prompt: tuple[Shot, ...] | None = None
+    #: extension: the profile's requestable LoRAs by name (checked against the profile at submit)
+    loras: tuple[LoraRequest, ...] | None = Field(default=None, max_length=MAX_REQUEST_LORAS)
+    #: extension: a camera move (the profile's camera LoRAs)
+    camera_control: CameraControl | None = None
+
+    @field_validator("loras")
+    @classmethod
+    def _distinct_loras(cls, v: tuple[LoraRequest, ...] | None) -> tuple[LoraRequest, ...] | None:
+        names = [item.name for item in v or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("each LoRA may be listed once")
+        return v
 
     @field_validator("image_urls")
     @classmethod

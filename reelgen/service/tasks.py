@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 from reelgen import pricing, progress, webhooks
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.planning import request_loras
 from reelgen.safehttp import FetchPolicy
 from reelgen.schemas import GenerateRequest, parse_generate
 from reelgen.service.admission import limits_of
@@ -75,6 +76,7 @@ def _validated(ctx: Context, body: Any) -> tuple[GenerateRequest, int]:
                 }
             ],
         )
+    request_loras(inp, ctx.profile)  # LoRAs and camera moves this server offers, or INVALID_INPUT
     return request, pricing.credits_for(inp, ctx.profile)
 
 
