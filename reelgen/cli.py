@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.schemas import CAMERA_MOVES
 
 if TYPE_CHECKING:
     from reelgen.client import Client, Task
@@ -94,6 +95,19 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         metavar="PROMPT=SECONDS",
         help="one shot of a multi-shot video; durations must add up to --duration",
     )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME[:STRENGTH]",
+        help="one of the server's LoRAs by name (GET /api/v1/models lists them), optional strength; repeatable",
+    )
+    p.add_argument(
+        "--camera",
+        choices=CAMERA_MOVES,
+        help="a camera move (the profile's camera LoRAs); --camera-strength sets its strength",
+    )
+    p.add_argument("--camera-strength", type=float, help="strength of the --camera move (default: the LoRA's)")
     p.add_argument("-o", "--output", help="where to write the MP4")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 

@@ -24,15 +24,13 @@ from typing import Any
 
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schedules import ltx2_sigmas
-from reelgen.schemas import AspectRatio, Mode
+from reelgen.schemas import CAMERA_MOVES, AspectRatio, Mode
 
 ENGINES = ("ltx2",)
 #: The LTX-2 model generations diffusers 0.42.1 serves.
 GENERATIONS = ("2.0", "2.3", "2.5")
 #: ``weights`` (or a LoRA ``path``) value meaning "build tiny random weights in code".
 TINY_WEIGHTS = "tiny"
-#: ``camera_control.type`` values and the profile's ``[camera]`` keys naming the LoRA for each
-CAMERA_MOVES = ("dolly_in", "dolly_out", "dolly_left", "dolly_right", "jib_up", "jib_down", "static")
 #: The guidance keyword arguments of diffusers' LTX-2 pipelines that a stage may set.
 GUIDANCE_KEYS = (
     "guidance_scale",
@@ -420,7 +418,8 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
         raise _bad(name, "credit rates must not be negative")
     if not 0 <= profile.max_request_loras <= 16 or profile.max_loaded_loras < 1:
         raise _bad(name, "max_request_loras must be 0-16 and max_loaded_loras at least 1")
-    if profile.max_memory_gib is not None and not (math.isfinite(profile.max_memory_gib) and profile.max_memory_gib > 0):
+    gib = profile.max_memory_gib
+    if gib is not None and not (math.isfinite(gib) and gib > 0):
         raise _bad(name, "max_memory_gib must be a positive number of GiB")
     if not 0 <= profile.image_crf <= 51:
         raise _bad(name, "image_crf must be 0 (no re-compression) to 51")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -92,6 +92,7 @@ MAX_REQUEST_LORAS = 16
 MIN_STRENGTH, MAX_STRENGTH = -2.0, 2.0
 #: ``camera_control.type``: the seven moves of the official LTX-2 camera LoRAs
 CameraMove = Literal["dolly_in", "dolly_out", "dolly_left", "dolly_right", "jib_up", "jib_down", "static"]
+CAMERA_MOVES: tuple[str, ...] = get_args(CameraMove)
 Strength = Annotated[float, Field(ge=MIN_STRENGTH, le=MAX_STRENGTH, allow_inf_nan=False, strict=False)]
 
 
@@ -338,6 +339,12 @@ class PriceTable(_Wire):
     noAudio: int
 
 
+class OfferedLora(_Wire):
+    name: str
+    defaultStrength: float
+    triggerWords: list[str] = Field(default_factory=list)
+
+
 class ModelView(_Wire):
     id: str
     name: str
@@ -348,3 +355,8 @@ class ModelView(_Wire):
     minDuration: int
     maxDuration: int
     pricing: dict[str, PriceTable]
+    #: extension: the LoRAs a request may ask for by name (``input.loras``), at most ``maxLoras``
+    loras: list[OfferedLora] = Field(default_factory=list)
+    maxLoras: int = 0
+    #: extension: the ``camera_control.type`` values this server runs (empty: the field is refused)
+    cameraMoves: list[str] = Field(default_factory=list)

@@ -25,11 +25,15 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from reelgen.schemas import (
+    CAMERA_MOVES,
     IMAGE_TO_VIDEO,
     IMAGE_URL_PATTERN,
     MAX_DURATION,
     MAX_PROMPT_CHARS,
+    MAX_REQUEST_LORAS,
+    MAX_STRENGTH,
     MIN_DURATION,
+    MIN_STRENGTH,
     TEXT_TO_VIDEO,
     UPLOAD_URL_PREFIX,
     AspectRatio,
@@ -146,6 +150,37 @@ def _input_schema(model: str) -> dict[str, Any]:
             "items": shot,
             "description": "The shots, in order; their durations must add up to duration (else 400 INVALID_INPUT).",
         },
+    }
+    strength = {"type": "number", "minimum": MIN_STRENGTH, "maximum": MAX_STRENGTH}
+    props["loras"] = {
+        "type": ["array", "null"],
+        "maxItems": MAX_REQUEST_LORAS,
+        "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                "strength": {**strength, "description": "Default: the LoRA's strength in GET /api/v1/models."},
+            },
+        },
+        "description": (
+            "Extension: LoRAs this server offers (GET /api/v1/models: loras, maxLoras), each listed once, "
+            "applied in every stage; an unknown name or more than maxLoras is 400 INVALID_INPUT. Same price."
+        ),
+    }
+    props["camera_control"] = {
+        "type": ["object", "null"],
+        "additionalProperties": False,
+        "required": ["type"],
+        "properties": {
+            "type": {"enum": list(CAMERA_MOVES)},
+            "strength": {**strength, "description": "Default: the camera LoRA's strength."},
+        },
+        "description": (
+            "Extension: a camera move run by the server's camera LoRA for it (GET /api/v1/models: cameraMoves); "
+            "a move the server has no LoRA for is 400 INVALID_INPUT. Same price."
+        ),
     }
     required = ["prompt"]
     if model == TEXT_TO_VIDEO:
