@@ -423,7 +423,9 @@ class Client(_Base):
     def generate(self, model: str, /, **input: Any) -> Task:
         """Queue a generation; ``input`` is the request's ``input`` (``prompt=``, ``duration=``, ...).
 
-        ``None`` values are left out; ``image_urls`` may hold local paths (sent as data URIs).
+        ``None`` values are left out; ``image_urls`` may hold local paths (sent as data URIs). The
+        extensions go the same way: ``loras=[{"name": "watercolor", "strength": 0.8}]``,
+        ``camera_control={"type": "dolly_in"}`` (``models()`` lists what the server offers).
         """
         return Task.from_api(self._call("POST", f"{API}/generate", json=_generate_body(model, input)))
 

@@ -258,3 +258,73 @@ def test_a_lora_that_fails_to_load_fails_its_task_and_the_next_runs_clean(
         broken.write_bytes(good)
         worker.db.dispose()
         rig.db.dispose()
+
+
+# -- the API ------------------------------------------------------------------------------------
+@pytest.fixture
+def req_client(ctx: Any, req_profile: Profile) -> Iterator[Any]:
+    """The app on a server whose profile offers LoRAs by name (and the tiny camera LoRAs)."""
+    from dataclasses import replace
+
+    from fastapi.testclient import TestClient
+
+    from reelgen.api.app import create_app
+
+    offering = replace(ctx, profile=req_profile)
+    with TestClient(create_app(offering.settings, start_executor=False, ctx=offering)) as c:
+        yield c
+
+
+def test_the_api_lists_the_offer_prices_as_usual_and_refuses_what_is_not_offered(req_client: Any, ctx: Any) -> None:
+    from tests.factories import generate_body, make_account
+
+    acc = make_account(ctx, credits=1000)
+    models = req_client.get("/api/v1/models").json()["data"]
+    for m in models:
+        assert m["inputs"][-2:] == ["loras", "camera_control"] and m["maxLoras"] == 2
+        assert m["cameraMoves"] == [
+            "dolly_in",
+            "dolly_out",
+            "dolly_left",
+            "dolly_right",
+            "jib_up",
+            "jib_down",
+            "static",
+        ]
+        assert {"name": "ink", "defaultStrength": 1.0, "triggerWords": ["inkwash", "sumi-e"]} in m["loras"]
+    body = generate_body(loras=[{"name": "style", "strength": 0.3}], camera_control={"type": "jib_down"})
+    r = req_client.post("/api/v1/generate", json=body, headers=acc.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["creditsUsed"] == PRICE  # 3 s standard with audio: LoRAs cost nothing extra
+    task = req_client.get(f"/api/v1/tasks/{r.json()['data']['id']}", headers=acc.headers).json()["data"]
+    assert task["input"]["loras"] == [{"name": "style", "strength": 0.3}]
+    assert task["input"]["camera_control"] == {"type": "jib_down"}
+    r = req_client.post("/api/v1/generate", json=generate_body(loras=[{"name": "sepia"}]), headers=acc.headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_INPUT"
+    assert "allowed: broken, ink, style" in r.json()["error"]["message"]
+    assert r.json()["error"]["details"][0]["field"] == "input.loras.0.name"
+    assert req_client.get("/api/v1/credits", headers=acc.headers).json()["data"] == {
+        "credits": 1000 - PRICE,
+        "reserved": PRICE,
+    }
+
+
+def test_a_server_without_camera_loras_refuses_camera_control(client: Any, ctx: Any) -> None:
+    from dataclasses import replace
+
+    from reelgen.api.app import create_app
+    from tests.factories import generate_body, make_account
+
+    acc = make_account(ctx, credits=1000)
+    no_camera = replace(ctx, profile=get_profile("ltx-2.3-tiny"))
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(no_camera.settings, start_executor=False, ctx=no_camera)) as c:
+        assert all(
+            m["cameraMoves"] == [] and "camera_control" not in m["inputs"]
+            for m in c.get("/api/v1/models").json()["data"]
+        )
+        r = c.post("/api/v1/generate", json=generate_body(camera_control={"type": "static"}), headers=acc.headers)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_INPUT"
+        assert "no camera LoRA for 'static'" in r.json()["error"]["message"]
+        assert c.get("/api/v1/credits", headers=acc.headers).json()["data"] == {"credits": 1000, "reserved": 0}
