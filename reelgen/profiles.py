@@ -106,6 +106,8 @@ class LoraSpec:
     trigger_words: tuple[str, ...] = ()
     #: requests may ask for it by name (``input.loras``); the stage LoRAs and camera LoRAs need not be
     requestable: bool = False
+    #: the GPU memory it takes loaded (GiB), for the memory model; None: counted as the distilled LoRA
+    memory_gib: float | None = None
 
     @property
     def is_tiny(self) -> bool:
@@ -291,6 +293,9 @@ def _loras(name: str, raw: dict[str, Any], generation: str) -> dict[str, LoraSpe
         if not math.isfinite(strength):
             raise _bad(name, f"LoRA {lora!r}: strength must be a finite number")
         repo = spec.get("repo")
+        memory = spec.get("memory_gib")
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int | float) or memory < 0):
+            raise _bad(name, f"LoRA {lora!r}: memory_gib must be a number of GiB (>= 0)")
         out[str(lora)] = LoraSpec(
             str(lora),
             str(spec["path"]),
@@ -299,6 +304,7 @@ def _loras(name: str, raw: dict[str, Any], generation: str) -> dict[str, LoraSpe
             repo=None if repo is None else str(repo),
             trigger_words=tuple(t.strip() for t in triggers),
             requestable=requestable,
+            memory_gib=None if memory is None else float(memory),
         )
     return out
 

@@ -328,3 +328,58 @@ def test_a_server_without_camera_loras_refuses_camera_control(client: Any, ctx: 
         assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_INPUT"
         assert "no camera LoRA for 'static'" in r.json()["error"]["message"]
         assert c.get("/api/v1/credits", headers=acc.headers).json()["data"] == {"credits": 1000, "reserved": 0}
+
+
+# -- memory-aware admission ----------------------------------------------------------------------
+def test_the_memory_model_counts_weights_loras_activations_and_the_decode(tmp_path: Path) -> None:
+    from reelgen.memory import GIB, check_fits, estimate
+
+    f = tmp_path / "p.toml"
+    f.write_text(
+        '[h100]\nextends = "ltx-2"\nmax_memory_gib = 80\n\n'
+        '[h100-offload]\nextends = "h100"\noffload_text_encoder = true\n'
+    )
+    h100 = get_profile("h100", f)
+    std = GenerateInput(prompt="a fox", duration=5)
+    pro = GenerateInput.model_validate({"prompt": "a fox", "duration": 15, "mode": "professional"})
+    e = estimate(std, h100)
+    # the docs' parameter counts in bf16: transformer, Gemma, connectors, VAE, upsampler, audio
+    assert e.weights == int((18.88 + 12.19 + 1.43 + 1.22 + 0.50 + 0.11) * 2e9)
+    assert e.loras == int(3.70 * 2e9)  # the distilled LoRA
+    assert estimate(pro, h100).activations > e.activations  # 4 guidance rows over 3x the frames
+    assert check_fits(pro, h100).total < 80 * GIB
+    # a camera LoRA (no memory_gib stated: counted as large as the distilled one) tips it over
+    with_camera = GenerateInput.model_validate(
+        {"prompt": "a fox", "duration": 15, "mode": "professional", "camera_control": {"type": "dolly_in"}}
+    )
+    with pytest.raises(ReelgenError) as err:
+        check_fits(with_camera, h100)
+    assert err.value.code == ErrorCode.INVALID_INPUT and "80 GiB" in err.value.message
+    # ...and fits once the text encoder waits in host memory
+    assert check_fits(with_camera, get_profile("h100-offload", f)).weights < e.weights
+    # tiny profiles: the weights are kilobytes, activations and decode follow the real geometry
+    tiny = estimate(pro, get_profile("ltx-2-tiny"))
+    assert tiny.weights == 0 and tiny.loras == 0 and 0 < tiny.total < GIB
+
+
+def test_a_request_that_can_never_fit_is_refused_at_submit(ctx: Any, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from fastapi.testclient import TestClient
+
+    from reelgen.api.app import create_app
+    from tests.factories import generate_body, make_account
+
+    f = tmp_path / "p.toml"
+    f.write_text('[small-gpu]\nextends = "ltx-2-tiny"\nmax_memory_gib = 0.1\n')
+    small = replace(ctx, profile=get_profile("small-gpu", f))
+    acc = make_account(ctx, credits=10_000)
+    with TestClient(create_app(small.settings, start_executor=False, ctx=small)) as c:
+        assert c.post("/api/v1/generate", json=generate_body(), headers=acc.headers).status_code == 200
+        r = c.post("/api/v1/generate", json=generate_body(duration=15, mode="professional"), headers=acc.headers)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_INPUT"
+        assert "GiB of GPU memory" in r.json()["error"]["message"] and "0.1 GiB" in r.json()["error"]["message"]
+        assert c.get("/api/v1/credits", headers=acc.headers).json()["data"] == {
+            "credits": 10_000 - PRICE,
+            "reserved": PRICE,
+        }

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection
 
-from reelgen import pricing, progress, webhooks
+from reelgen import memory, pricing, progress, webhooks
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.planning import request_loras
@@ -77,6 +77,7 @@ def _validated(ctx: Context, body: Any) -> tuple[GenerateRequest, int]:
             ],
         )
     request_loras(inp, ctx.profile)  # LoRAs and camera moves this server offers, or INVALID_INPUT
+    memory.check_fits(inp, ctx.profile)  # a request that can never fit a worker's GPU: INVALID_INPUT
     return request, pricing.credits_for(inp, ctx.profile)
 
 
