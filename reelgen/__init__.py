@@ -7,7 +7,7 @@ server lives in submodules and needs the ``reelgen[server]`` extra.
 
 from __future__ import annotations
 
-from reelgen.client import AsyncClient, Client, Task
+from reelgen.client import AsyncClient, Client, Task, TaskPage
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import (
     AspectRatio,
@@ -18,12 +18,14 @@ from reelgen.schemas import (
     GenerateRequest,
     Mode,
     ModelView,
+    PresignView,
     PriceTable,
     Shot,
     TaskError,
     TaskOutput,
     TaskResult,
     TaskView,
+    UploadView,
 )
 
 __version__ = "0.1.0"
@@ -40,13 +42,16 @@ __all__ = [
     "GenerateRequest",
     "Mode",
     "ModelView",
+    "PresignView",
     "PriceTable",
     "ReelgenError",
     "Shot",
     "Task",
     "TaskError",
     "TaskOutput",
+    "TaskPage",
     "TaskResult",
     "TaskView",
+    "UploadView",
     "__version__",
 ]

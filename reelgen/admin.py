@@ -103,7 +103,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"(data {settings.data_dir.resolve()}, devices {settings.devices})",
         file=sys.stderr,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    from reelgen.api.server import uvicorn_config
+
+    config = uvicorn_config(
+        create_app(settings), settings.host, settings.port, settings.request_read_timeout_seconds, log_level="info"
+    )
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -1,10 +1,14 @@
 """The ``reelgen`` command.
 
 Operator verbs (serve, db, keys, credits grant/show, ledger) work on the store directly; user
-verbs (generate, tasks get, credits, models) talk to a server's public API through the SDK, with
-``--server URL --api-key KEY`` or ``REELGEN_BASE_URL`` / ``REELGEN_API_KEY``; ``generate --local``
-runs the engine in this process. Heavy modules are imported inside each command, so ``reelgen
---help`` stays fast and an SDK-only install (``pip install reelgen``) runs the user verbs.
+verbs (generate, tasks get/list/cancel/wait, upload, credits, models) talk to a server's public
+API through the SDK, with ``--server URL --api-key KEY`` or ``REELGEN_BASE_URL`` /
+``REELGEN_API_KEY``; ``generate --local`` runs the engine in this process. Heavy modules are
+imported inside each command, so ``reelgen --help`` stays fast and an SDK-only install
+(``pip install reelgen``) runs the user verbs.
+
+Over 400 lines on purpose: the parser is one table of every verb and its flags, read best whole;
+the operator verbs' work lives in ``reelgen.admin`` and the engine run in ``reelgen.local``.
 """
 
 from __future__ import annotations
@@ -108,6 +112,9 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         help="a camera move (the profile's camera LoRAs); --camera-strength sets its strength",
     )
     p.add_argument("--camera-strength", type=float, help="strength of the --camera move (default: the LoRA's)")
+    p.add_argument("--negative-prompt", help="what to avoid (default: the profile's; guided stages only)")
+    p.add_argument("--cfg-scale", type=float, help="0-1: how closely to follow the prompt (0.5 = the profile's)")
+    p.add_argument("--external-task-id", help="your own id of the task (unique per account)")
     p.add_argument("-o", "--output", help="where to write the MP4")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -192,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="with --local: weights directory or hub id")
     p.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
     p.add_argument("--device", default=None, help="with --local: cpu or cuda:N (default: cuda:0 if present)")
-    p.add_argument("--seed", type=int, default=0, help="with --local: the generation seed")
+    p.add_argument("--seed", type=int, default=None, help="the generation seed (default: random; 0 with --local)")
     p.add_argument(
         "--plan",
         action="store_true",
@@ -205,6 +212,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_args(p)
     p.add_argument("task_id")
     p.add_argument("-o", "--output", help="save the MP4 here (the task must be completed)")
+    p.add_argument("--json", action="store_true")
+    p = tasks.add_parser("list", help="your tasks, newest first")
+    _add_server_args(p)
+    p.add_argument("--status", choices=["pending", "processing", "completed", "failed", "cancelled"])
+    p.add_argument("--limit", type=int, default=20, help="tasks per page, 1-100 (default 20)")
+    p.add_argument("--cursor", help="the next page: the cursor a previous page printed")
+    p.add_argument("--external-task-id", help="only the task you gave this id")
+    p.add_argument("--json", action="store_true")
+    p = tasks.add_parser("cancel", help="cancel a pending or processing task (its credits are released)")
+    _add_server_args(p)
+    p.add_argument("task_id")
+    p.add_argument("--json", action="store_true")
+    p = tasks.add_parser("wait", help="follow a task until it ends; with -o, save its video")
+    _add_server_args(p)
+    p.add_argument("task_id")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait (default 1800)")
+    p.add_argument("-o", "--output", help="save the MP4 here once completed")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("upload", help="upload a local image; prints its URL for --image / image_urls")
+    _add_server_args(p)
+    p.add_argument("file", help="a JPEG, PNG or WEBP file")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("models", help="the server's models and prices")
@@ -260,8 +289,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from reelgen.local import build_body
 
     body = build_body(args)
+    inp = dict(body["input"])
+    if "image_urls" in inp:  # local files go up by the presign flow rather than inside the body
+        inp["image_urls"] = [
+            Path(given).expanduser() if url.startswith("data:") and not given.lower().startswith("data:") else url
+            for given, url in zip(args.image, inp["image_urls"], strict=True)
+        ]
     with _client(args) as client:
-        task = client.generate(body["model"], **body["input"])
+        task = client.generate(body["model"], **inp)
         if args.no_wait:
             if args.json:
                 _emit(task.model_dump(exclude_none=True))
@@ -323,13 +358,54 @@ def _describe(task: Task) -> list[str]:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _list_tasks(args)
     with _client(args) as client:
-        task = client.get(args.task_id)
-        out = client.download(task, args.output) if args.output else None
+        if args.action == "cancel":
+            task = client.cancel(args.task_id)
+        elif args.action == "wait":
+            task = _wait(client, args)
+        else:
+            task = client.get(args.task_id)
+        out = client.download(task, args.output) if getattr(args, "output", None) else None
     if args.json:
         _emit({**task.model_dump(exclude_none=True), **({"file": str(out)} if out else {})})
     else:
         print("\n".join(_describe(task)) + (f"\nwrote {out}" if out else ""))
+    return 0
+
+
+def _wait(client: Client, args: argparse.Namespace) -> Task:
+    """The task once it ended: completed, or its own failure / cancellation printed (exit 1 via TASK_FAILED)."""
+    with _progress(sys.stdout.isatty() and not args.json) as on_progress:
+        return client.wait(args.task_id, timeout=args.timeout, on_progress=on_progress)
+
+
+def _list_tasks(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.list(
+            status=args.status, limit=args.limit, cursor=args.cursor, external_task_id=args.external_task_id
+        )
+    if args.json:
+        _emit({"tasks": [t.model_dump(exclude_none=True) for t in page.tasks], "nextCursor": page.nextCursor})
+        return 0
+    for task in page.tasks:
+        print(f"{task.id}  {task.status:<10}  {task.createdAt or ''}  {task.model or ''}")
+    if page.nextCursor:
+        print(f"more: reelgen tasks list --cursor {page.nextCursor}", file=sys.stderr)
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    path = Path(args.file).expanduser()
+    if not path.is_file():
+        raise ReelgenError(ErrorCode.INVALID_IMAGE, f"{args.file!r}: no such file")
+    with _client(args) as client:
+        url = client.upload(path)
+    if args.json:
+        _emit({"publicUrl": url, "file": str(path)})
+    else:
+        print(url)
     return 0
 
 
@@ -360,7 +436,7 @@ def _user_verb(args: argparse.Namespace) -> Any:
         return cmd_generate
     if args.command == "credits" and args.action is None:
         return cmd_credits
-    return {"tasks": cmd_tasks, "models": cmd_models}.get(args.command)
+    return {"tasks": cmd_tasks, "models": cmd_models, "upload": cmd_upload}.get(args.command)
 
 
 def _one_line(text: str) -> str:

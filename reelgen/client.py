@@ -1,8 +1,11 @@
 """The Python SDK: ``Client`` and ``AsyncClient`` for the reelgen HTTP API (and VicSee's hosted Kling 3.0 API).
 
 Both talk only to the public API (``/api/v1``): ``generate`` queues a task, ``get`` reads it,
-``wait`` polls it until it ends (1 s, then x1.5 per poll, at most 10 s apart), ``download`` saves
-its MP4, ``credits`` and ``models`` read the account and the catalogue. The base URL and key come
+``list`` pages through the caller's tasks, ``cancel`` stops one, ``wait`` follows it until it ends
+(the server's event stream, ``/tasks/{id}/events``; polling 1 s, then x1.5 per poll, at most 10 s
+apart, where the stream is not offered or breaks), ``download`` saves its MP4, ``upload`` sends a
+local image by VicSee's presign flow (``generate`` does so for local paths in ``image_urls``),
+``credits`` and ``models`` read the account and the catalogue. The base URL and key come
 from the arguments or ``REELGEN_BASE_URL`` / ``REELGEN_API_KEY``; ``transport=`` takes any httpx
 transport (an ASGI app in process, a proxy, a test double for someone else's service).
 
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
+import json
 import os
 import tempfile
 import time
@@ -35,13 +40,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import ValidationError
+from httpx_sse import SSEError, aconnect_sse, connect_sse
+from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.schemas import CreditsView, DownloadView, ModelView, TaskView
+from reelgen.schemas import CreditsView, DownloadView, ModelView, PresignView, TaskView
 
-__all__ = ["DEFAULT_BASE_URL", "AsyncClient", "Client", "ProgressCallback", "Task", "data_uri"]
+__all__ = ["DEFAULT_BASE_URL", "AsyncClient", "Client", "ProgressCallback", "Task", "TaskPage", "data_uri"]
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 API = "/api/v1"
@@ -208,11 +214,82 @@ def data_uri(path: str | os.PathLike[str]) -> str:
     return f"data:{_sniff(raw)};base64,{base64.b64encode(raw).decode()}"
 
 
-def _generate_body(model: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+def _generate_body(model: str, fields: Mapping[str, Any], uploaded: Mapping[int, str]) -> dict[str, Any]:
+    """The ``/generate`` body; ``uploaded`` holds the ``publicUrl`` of each local path in ``image_urls``."""
     inp = {k: v for k, v in fields.items() if v is not None}
     if "image_urls" in inp:
-        inp["image_urls"] = [data_uri(u) if isinstance(u, os.PathLike) else u for u in inp["image_urls"]]
+        inp["image_urls"] = [uploaded.get(i, u) for i, u in enumerate(inp["image_urls"])]
     return {"model": model, "input": to_jsonable_python(inp)}
+
+
+def _local_images(fields: Mapping[str, Any]) -> dict[int, Path]:
+    """The local paths (``os.PathLike``) among ``image_urls``, by position."""
+    urls = fields.get("image_urls") or ()
+    return {i: Path(u).expanduser() for i, u in enumerate(urls) if isinstance(u, os.PathLike)}
+
+
+def _presign_body(raw: bytes) -> dict[str, Any]:
+    return {"contentType": _sniff(raw), "sizeBytes": len(raw)}
+
+
+def _put_request(http: httpx.Client | httpx.AsyncClient, slot: PresignView, raw: bytes) -> httpx.Request:
+    # the signed URL is the credential: the API key never goes with it (it may be a bucket's)
+    request = http.build_request("PUT", slot.uploadUrl, content=raw, headers={"Content-Type": _sniff(raw)})
+    request.headers.pop("Authorization", None)
+    return request
+
+
+def _put_done(response: httpx.Response) -> None:
+    """A presigned PUT's answer: any 2xx (a bucket answers with no body); else its error."""
+    if not response.is_success:
+        _unwrap(response)
+
+
+class TaskPage(BaseModel):
+    """One page of ``list``: the tasks, newest first, and the cursor of the next page (None: last)."""
+
+    tasks: list[Task]
+    nextCursor: str | None = None
+
+
+def _page(data: Any) -> TaskPage:
+    tasks = data.get("tasks", []) if isinstance(data, Mapping) else data
+    cursor = data.get("nextCursor") if isinstance(data, Mapping) else None
+    return TaskPage(tasks=[Task.from_api(t) for t in tasks or []], nextCursor=cursor)
+
+
+def _list_params(
+    status: str | None, limit: int | None, cursor: str | None, external_task_id: str | None
+) -> dict[str, str]:
+    given = {"status": status, "limit": limit, "cursor": cursor, "external_task_id": external_task_id}
+    return {k: str(v) for k, v in given.items() if v is not None}
+
+
+#: ``wait``'s stream: read timeout between events (the server sends a keep-alive every 15 s).
+STREAM_READ_TIMEOUT = 45.0
+
+
+def _stream_timeout(poll: _Poll) -> httpx.Timeout:
+    left = None if poll.deadline is None else max(0.1, poll.deadline - poll.clock())
+    read = STREAM_READ_TIMEOUT if left is None else min(STREAM_READ_TIMEOUT, left + 0.5)
+    return httpx.Timeout(30.0, read=read)
+
+
+def _is_stream(response: httpx.Response) -> bool:
+    """Whether the server answered with an event stream. Anything else (no such route on another
+    server, an error, a busy server) makes ``wait`` poll, and polling reports what is wrong."""
+    media = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return response.is_success and media == "text/event-stream"
+
+
+def _event_task(event: str, data: str) -> Task | None:
+    """The task an SSE ``status``/``progress`` event carries (None for other events)."""
+    if event not in ("status", "progress"):
+        return None
+    try:
+        return Task.from_api(json.loads(data))
+    except ValueError:
+        return None
 
 
 def _task_id(task: Task | str) -> str:
@@ -423,14 +500,61 @@ class Client(_Base):
     def generate(self, model: str, /, **input: Any) -> Task:
         """Queue a generation; ``input`` is the request's ``input`` (``prompt=``, ``duration=``, ...).
 
-        ``None`` values are left out; ``image_urls`` may hold local paths (sent as data URIs). The
-        extensions go the same way: ``loras=[{"name": "watercolor", "strength": 0.8}]``,
-        ``camera_control={"type": "dolly_in"}`` (``models()`` lists what the server offers).
+        ``None`` values are left out; ``image_urls`` may hold local paths (``pathlib.Path``), which are
+        uploaded first (``upload``) and sent as their ``publicUrl``. The extensions go the same way:
+        ``loras=[{"name": "watercolor", "strength": 0.8}]``, ``camera_control={"type": "dolly_in"}``
+        (``models()`` lists what the server offers).
         """
-        return Task.from_api(self._call("POST", f"{API}/generate", json=_generate_body(model, input)))
+        uploaded = {i: self.upload(path) for i, path in _local_images(input).items()}
+        return Task.from_api(self._call("POST", f"{API}/generate", json=_generate_body(model, input, uploaded)))
 
     def get(self, task_id: str) -> Task:
         return Task.from_api(self._call("GET", f"{API}/tasks/{task_id}"))
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        external_task_id: str | None = None,
+    ) -> TaskPage:
+        """One page of the caller's tasks, newest first (``cursor``: the previous page's ``nextCursor``);
+        ``external_task_id`` finds the task given that id."""
+        params = _list_params(status, limit, cursor, external_task_id)
+        return _page(self._call("GET", f"{API}/tasks", params=params))
+
+    def cancel(self, task: Task | str) -> Task:
+        """Cancel a pending or processing task (its credits are released); ``NOT_CANCELLABLE`` once it ended."""
+        return Task.from_api(self._call("POST", f"{API}/tasks/{_task_id(task)}/cancel"))
+
+    def upload(self, path: str | os.PathLike[str]) -> str:
+        """Upload a local JPEG/PNG/WEBP image by the presign flow and return its ``publicUrl``
+        (usable in ``image_urls``)."""
+        raw = Path(path).expanduser().read_bytes()
+        slot = PresignView.model_validate(self._call("POST", f"{API}/upload", json=_presign_body(raw)))
+        try:
+            _put_done(self._http.send(_put_request(self._http, slot, raw)))
+        except httpx.TransportError as exc:
+            raise _connection_error(self.base_url, exc) from None
+        return slot.publicUrl
+
+    def _follow(self, task_id: str, poll: _Poll, on_progress: ProgressCallback | None) -> Task | None:
+        """Follow the task's event stream until it completes; None when the stream is not offered
+        or breaks first (``wait`` then polls). A failed or cancelled task, or the deadline, raises
+        as in ``wait``."""
+        url = f"{API}/tasks/{task_id}/events"
+        try:
+            with connect_sse(self._http, "GET", url, timeout=_stream_timeout(poll)) as source:
+                if not _is_stream(source.response):
+                    return None
+                for event in source.iter_sse():
+                    current = _event_task(event.event, event.data)
+                    if current is not None and poll.after(current, on_progress) is None:
+                        return current
+        except (httpx.TransportError, SSEError):
+            return None
+        return None
 
     def wait(
         self,
@@ -440,13 +564,19 @@ class Client(_Base):
         poll_interval: float = 1.0,
         max_interval: float = 10.0,
         on_progress: ProgressCallback | None = None,
+        stream: bool = True,
     ) -> Task:
-        """Poll until the task completes and return it (first poll at once, then 1 s, x1.5, <= 10 s).
+        """Follow the task until it completes and return it: its event stream (``stream=True``), else
+        (or once the stream breaks) polls (first at once, then 1 s, x1.5, <= ``max_interval``).
 
         Raises ``TASK_FAILED`` for a failed or cancelled task, ``WAIT_TIMEOUT`` after ``timeout``
         seconds (``None``: no limit); network hiccups, 503 and 429 are retried until then.
         """
         poll = _Poll(timeout, poll_interval, max_interval, self._clock)
+        if stream:
+            done = self._follow(_task_id(task), poll, on_progress)
+            if done is not None:
+                return done
         while True:
             try:
                 current = self.get(_task_id(task))
@@ -494,7 +624,7 @@ class Client(_Base):
         """The caller's available and reserved credits."""
         return CreditsView.model_validate(self._call("GET", f"{API}/credits"))
 
-    def models(self) -> list[ModelView]:
+    def models(self) -> builtins.list[ModelView]:
         """The served models with their inputs and prices (needs no key)."""
         return [_model_from(m) for m in self._call("GET", f"{API}/models")]
 
@@ -536,10 +666,53 @@ class AsyncClient(_Base):
 
     async def generate(self, model: str, /, **input: Any) -> Task:
         """See ``Client.generate``."""
-        return Task.from_api(await self._call("POST", f"{API}/generate", json=_generate_body(model, input)))
+        uploaded = {i: await self.upload(path) for i, path in _local_images(input).items()}
+        body = _generate_body(model, input, uploaded)
+        return Task.from_api(await self._call("POST", f"{API}/generate", json=body))
 
     async def get(self, task_id: str) -> Task:
         return Task.from_api(await self._call("GET", f"{API}/tasks/{task_id}"))
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        external_task_id: str | None = None,
+    ) -> TaskPage:
+        """See ``Client.list``."""
+        params = _list_params(status, limit, cursor, external_task_id)
+        return _page(await self._call("GET", f"{API}/tasks", params=params))
+
+    async def cancel(self, task: Task | str) -> Task:
+        """See ``Client.cancel``."""
+        return Task.from_api(await self._call("POST", f"{API}/tasks/{_task_id(task)}/cancel"))
+
+    async def upload(self, path: str | os.PathLike[str]) -> str:
+        """See ``Client.upload``."""
+        raw = Path(path).expanduser().read_bytes()
+        slot = PresignView.model_validate(await self._call("POST", f"{API}/upload", json=_presign_body(raw)))
+        try:
+            _put_done(await self._http.send(_put_request(self._http, slot, raw)))
+        except httpx.TransportError as exc:
+            raise _connection_error(self.base_url, exc) from None
+        return slot.publicUrl
+
+    async def _follow(self, task_id: str, poll: _Poll, on_progress: ProgressCallback | None) -> Task | None:
+        """See ``Client._follow``."""
+        url = f"{API}/tasks/{task_id}/events"
+        try:
+            async with aconnect_sse(self._http, "GET", url, timeout=_stream_timeout(poll)) as source:
+                if not _is_stream(source.response):
+                    return None
+                async for event in source.aiter_sse():
+                    current = _event_task(event.event, event.data)
+                    if current is not None and poll.after(current, on_progress) is None:
+                        return current
+        except (httpx.TransportError, SSEError):
+            return None
+        return None
 
     async def wait(
         self,
@@ -549,9 +722,14 @@ class AsyncClient(_Base):
         poll_interval: float = 1.0,
         max_interval: float = 10.0,
         on_progress: ProgressCallback | None = None,
+        stream: bool = True,
     ) -> Task:
         """See ``Client.wait``."""
         poll = _Poll(timeout, poll_interval, max_interval, self._clock)
+        if stream:
+            done = await self._follow(_task_id(task), poll, on_progress)
+            if done is not None:
+                return done
         while True:
             try:
                 current = await self.get(_task_id(task))
@@ -594,5 +772,5 @@ class AsyncClient(_Base):
     async def credits(self) -> CreditsView:
         return CreditsView.model_validate(await self._call("GET", f"{API}/credits"))
 
-    async def models(self) -> list[ModelView]:
+    async def models(self) -> builtins.list[ModelView]:
         return [_model_from(m) for m in await self._call("GET", f"{API}/models")]

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     port: int = 8000
     public_base_url: str | None = Field(default=None, description="default: the URL a request came in on")
     max_body_bytes: int = 8 * 1024 * 1024
+    request_read_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="a request (headers and body) must arrive whole within this; else 408"
+    )
     # models
     profile: str = "ltx-2-tiny"
     profiles_file: Path | None = None
@@ -47,10 +50,18 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = 30.0
     # security
     secret_key: str | None = Field(default=None, description="HMAC pepper for keys and URL signing")
-    download_url_ttl_seconds: int = 3600
+    download_url_ttl_seconds: int = Field(
+        default=7 * 24 * 3600, ge=0, description="lifetime of result links; 0 = links that never expire"
+    )
+    upload_retention_seconds: int = Field(
+        default=24 * 3600, ge=0, description="uploads no task used are deleted after this; 0 = kept"
+    )
     allow_private_image_hosts: bool = False
     image_fetch_timeout_seconds: float = 20.0
     max_image_bytes: int = 20 * 1024 * 1024
+    upload_quota_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=0, description="bytes of uploaded images one account may keep; 0 = unlimited"
+    )
     metrics_token: str | None = Field(default=None, description="bearer token for /metrics; unset = open")
     # per-account defaults (operators override them per account: `reelgen keys limits`); 0 = unlimited
     rate_limit_rpm: int = Field(default=600, ge=0, description="requests per minute, per API process")

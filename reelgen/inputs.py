@@ -68,10 +68,10 @@ def decode_image(data: bytes) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ReelgenError(ErrorCode.IMAGE_TOO_LARGE, "The image has too many pixels (limit 36 MP).") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        kind = type(exc).__name__
+    except (OSError, ValueError, SyntaxError, EOFError):
+        # PIL's exception names (UnidentifiedImageError, ...) mean nothing to a caller: plain words only
         raise ReelgenError(
-            ErrorCode.INVALID_IMAGE, f"The file is not a readable JPEG, PNG or WEBP image ({kind})."
+            ErrorCode.INVALID_IMAGE, "The file is not a readable JPEG, PNG or WEBP image (unknown format or damaged)."
         ) from None
 
 

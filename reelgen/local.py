@@ -62,6 +62,10 @@ def _lora(value: str) -> dict[str, Any]:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"--lora {value!r}: {strength!r} is not a number") from None
 
 
+def _seed(args: argparse.Namespace) -> int:
+    return int(args.seed) if args.seed is not None else 0
+
+
 def build_body(args: argparse.Namespace) -> dict[str, Any]:
     """The ``/generate`` body the command line describes (validated later by ``parse_generate``)."""
     from reelgen.schemas import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
@@ -89,6 +93,14 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
         inp["camera_control"] = camera
     elif args.camera_strength is not None:
         raise ReelgenError(ErrorCode.INVALID_INPUT, "--camera-strength needs --camera")
+    # Kling's own fields, when given
+    kling = {
+        "negative_prompt": args.negative_prompt,
+        "cfg_scale": args.cfg_scale,
+        "seed": _seed(args),
+        "external_task_id": args.external_task_id,
+    }
+    inp.update({k: v for k, v in kling.items() if v is not None})
     return {"model": args.model or (IMAGE_TO_VIDEO if images else TEXT_TO_VIDEO), "input": inp}
 
 
@@ -109,7 +121,7 @@ def _planned(args: argparse.Namespace) -> tuple[GenerateRequest, Profile, Job]:
     profile = get_profile(args.profile, args.profiles_file, weights=args.weights)
     # The same checks as the server: http(s) fetched under the address rules, data: URIs size-capped.
     images: list[Image.Image] = load_images(request.input.image_urls or (), FetchPolicy())
-    job = plan(request.input, profile, seed=args.seed, start_image_size=images[0].size if images else None)
+    job = plan(request.input, profile, seed=_seed(args), start_image_size=images[0].size if images else None)
     if images:
         job = replace(
             job,
@@ -151,7 +163,7 @@ def run_local(args: argparse.Namespace) -> int:
         "path": str(out),
         "model": request.model,
         "profile": profile.name,
-        "seed": args.seed,
+        "seed": _seed(args),
         "random_weights": engine.random_weights,
         **info.as_dict(),
         "load_seconds": round(load_s, 3),

@@ -260,6 +260,31 @@ def _with_triggers(prompt: str, triggers: list[str]) -> str:
     return " ".join([*missing, prompt]) if missing else prompt
 
 
+#: Kling's ``cfg_scale`` (0-1) moves each classifier-free guidance knob ``g`` of a guided stage
+#: linearly over the profile's range [(1+g)/2, (3g-1)/2]: 0.5 (Kling's default) is the profile's own
+#: value, 0 and 1 half of its distance to unguided (1.0) below and above it, so guidance never
+#: turns off (or on) and the stage runs the same transformer rows.
+CFG_KNOBS = ("guidance_scale", "audio_guidance_scale")
+
+
+def cfg_range(profile_value: float) -> tuple[float, float]:
+    """The guidance a knob set to ``profile_value`` by the profile spans as ``cfg_scale`` goes 0 → 1."""
+    g = float(profile_value)
+    return (1 + g) / 2, (3 * g - 1) / 2
+
+
+def _with_cfg_scale(guidance: dict[str, Any], cfg_scale: float | None) -> dict[str, Any]:
+    """Guidance with each guided CFG knob moved to ``cfg_scale`` on its range (``cfg_range``)."""
+    if cfg_scale is None:
+        return guidance
+    g = dict(guidance)
+    for knob in CFG_KNOBS:
+        if g[knob] > 1:
+            low, high = cfg_range(g[knob])
+            g[knob] = round(low + (high - low) * cfg_scale, 6)
+    return g
+
+
 def _shot_prompt(shared: str, shot: str) -> str:
     # The shot's own text first: the tokenizer truncates on the right, so an over-long combination
     # loses the shared context, never what this shot must show.
@@ -273,7 +298,12 @@ def plan(
     seed: int,
     start_image_size: tuple[int, int] | None = None,
 ) -> Job:
-    """Map a validated Kling 3.0 input onto the profile: sizes, frames, stages, conditions, shots."""
+    """Map a validated Kling 3.0 input onto the profile: sizes, frames, stages, conditions, shots.
+
+    Kling's own fields: ``negative_prompt`` replaces the profile's (an empty one means none) and
+    ``cfg_scale`` moves the guided stages' CFG knobs (``cfg_range``); both matter only where a stage
+    is guided (professional mode; the distilled standard mode runs no classifier-free guidance).
+    The task's ``seed`` (the request's ``seed`` when given) seeds the first shot."""
     if not profile.min_duration <= inp.duration <= profile.max_duration:
         raise ReelgenError(
             ErrorCode.INVALID_INPUT,
@@ -294,6 +324,7 @@ def plan(
         shots = [(inp.prompt.strip(), inp.duration)]
     shots = [(_with_triggers(prompt, triggers), seconds) for prompt, seconds in shots]
     segments = []
+    negative = profile.negative_prompt if inp.negative_prompt is None else inp.negative_prompt
     for i, (prompt, seconds) in enumerate(shots):
         if seconds < 1:
             raise ReelgenError(ErrorCode.INVALID_INPUT, f"a shot must last at least 1 s (got {seconds} s)")
@@ -306,6 +337,7 @@ def plan(
         stages = []
         for k, st in enumerate(spec.stages):
             half = spec.two_stage and k == 0
+            guidance = _with_cfg_scale(st.full_guidance(), inp.cfg_scale)
             stages.append(
                 Stage(
                     name=st.name,
@@ -314,7 +346,7 @@ def plan(
                     height=gen_h // 2 if half else gen_h,
                     frames=frames,
                     sigmas=st.sigmas,
-                    guidance=st.full_guidance() if inp.audio else _without_audio_only_rows(st.full_guidance()),
+                    guidance=guidance if inp.audio else _without_audio_only_rows(guidance),
                     loras=_with_request_loras(st.loras, extra),
                     conditions=tuple(conditions),
                     upsample=k > 0,
@@ -329,7 +361,7 @@ def plan(
                 num_frames=frames,
                 seed=derive_seed(seed, i),
                 stages=tuple(stages),
-                negative_prompt=profile.negative_prompt if guided else None,
+                negative_prompt=negative if guided else None,
             )
         )
     return Job(

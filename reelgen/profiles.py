@@ -24,7 +24,7 @@ from typing import Any
 
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schedules import ltx2_sigmas
-from reelgen.schemas import CAMERA_MOVES, AspectRatio, Mode
+from reelgen.schemas import CAMERA_MOVES, MAX_CREDITS, MAX_DURATION, AspectRatio, Mode
 
 ENGINES = ("ltx2",)
 #: The LTX-2 model generations diffusers 0.42.1 serves.
@@ -427,6 +427,8 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
     gib = profile.max_memory_gib
     if gib is not None and not (math.isfinite(gib) and gib > 0):
         raise _bad(name, "max_memory_gib must be a positive number of GiB")
+    if any(r * MAX_DURATION > MAX_CREDITS for by_audio in rates.values() for r in by_audio.values()):
+        raise _bad(name, f"a credit rate times {MAX_DURATION} s must not exceed {MAX_CREDITS} credits")
     if not 0 <= profile.image_crf <= 51:
         raise _bad(name, "image_crf must be 0 (no re-compression) to 51")
     for lora in loras.values():

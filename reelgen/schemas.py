@@ -32,6 +32,13 @@ IMAGE_TO_VIDEO = "kling-3-0-image-to-video"
 MODEL_IDS = (TEXT_TO_VIDEO, IMAGE_TO_VIDEO)
 MAX_PROMPT_CHARS = 2500
 MIN_DURATION, MAX_DURATION = 3, 15
+#: The most credits any amount may be: a grant, a price, a balance or an account's lifetime total.
+#: Far below 2**63 (every database column and sum stays an exact integer) and below 2**53 (a
+#: float, JSON's number in many clients, still holds it exactly).
+MAX_CREDITS = 10**15
+#: Kling's own fields: ``seed`` range, and what an ``external_task_id`` may be (printable ASCII, no space)
+MAX_SEED = 2**31 - 1
+EXTERNAL_TASK_ID_PATTERN = "^[!-~]{1,128}$"
 #: ``image_urls`` entries naming an image uploaded to this server (``POST /api/v1/upload``):
 #: ``reelgen-upload://<32 hex digits>``. Defined here only; the server and the SDK import it.
 UPLOAD_URL_PREFIX = "reelgen-upload://"
@@ -82,6 +89,16 @@ def _storable(value: str) -> str:
 
 
 Prompt = Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS), AfterValidator(_storable)]
+
+
+def _real_number(value: Any) -> Any:
+    """Accept 0, 0.5 and 1; refuse True and "0.5" (a number, as the contract's other numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return float(value)
+
+
+UnitInterval = Annotated[float, BeforeValidator(_real_number), Field(ge=0, le=1, allow_inf_nan=False)]
 
 
 _IMAGE_URL = re.compile(IMAGE_URL_PATTERN)
@@ -156,6 +173,13 @@ class GenerateInput(BaseModel):
     image_urls: tuple[StrictStr, ...] | None = None
     multi_shots: StrictBool = False
     multi_prompt: tuple[Shot, ...] | None = None
+    # Kling's own fields (both models): what to avoid, how strictly to follow the prompt, the noise
+    # seed, a per-task webhook and the caller's own id of the task (unique per account)
+    negative_prompt: Prompt | None = None
+    cfg_scale: UnitInterval | None = None
+    seed: WholeNumber | None = Field(default=None, ge=0, le=MAX_SEED)
+    callback_url: StrictStr | None = None
+    external_task_id: Annotated[StrictStr, Field(pattern=EXTERNAL_TASK_ID_PATTERN)] | None = None
     #: extension: the profile's requestable LoRAs by name (checked against the profile at submit)
     loras: tuple[LoraRequest, ...] | None = Field(default=None, max_length=MAX_REQUEST_LORAS)
     #: extension: a camera move (the profile's camera LoRAs)
@@ -258,12 +282,64 @@ def parse_generate(body: Any, models: Collection[str] = MODEL_IDS) -> GenerateRe
         for err in exc.errors(include_url=False):
             msg = str(err["msg"]).removeprefix("Value error, ")
             details.append({"field": "input" + ("." + _loc(err) if err["loc"] else ""), "message": msg})
+    both = parsed is not None and parsed.callback_url is not None and callback_url is not None
+    if both and parsed is not None and parsed.callback_url != callback_url:
+        details.append({"field": "input.callback_url", "message": "differs from the top-level callback_url"})
     if details or parsed is None:
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"Invalid input: {summary}", details=details)
     if model == TEXT_TO_VIDEO and parsed.aspect_ratio is None:
         parsed = parsed.model_copy(update={"aspect_ratio": AspectRatio.WIDE})
+    if parsed.callback_url is not None:  # Kling's place for it; one place from here on
+        callback_url = parsed.callback_url
+        parsed = parsed.model_copy(update={"callback_url": None})
     return GenerateRequest(model=model, input=parsed, callback_url=callback_url)
+
+
+# --------------------------------------------------------------------------------------------
+# Uploads: VicSee's presign request
+# --------------------------------------------------------------------------------------------
+#: What a presigned upload may declare (``image/jpg`` is read as ``image/jpeg``).
+UPLOAD_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
+PRESIGN_CONTENT_TYPES = (*UPLOAD_CONTENT_TYPES, "image/jpg")
+
+
+class PresignRequest(BaseModel):
+    """``POST /api/v1/upload`` with a JSON body: the image to come, ``{contentType, sizeBytes}``
+    (``filename`` is accepted and ignored, as VicSee's clients may send it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    contentType: StrictStr
+    sizeBytes: Annotated[int, BeforeValidator(_whole_number)] = Field(ge=1)
+    filename: StrictStr | None = Field(default=None, max_length=255)
+
+    @property
+    def media_type(self) -> str:
+        return "image/jpeg" if self.contentType == "image/jpg" else self.contentType
+
+    @classmethod
+    def parse(cls, body: Any) -> PresignRequest:
+        """Validate an untrusted presign body (``INVALID_JSON`` / ``INVALID_INPUT`` with details)."""
+        if not isinstance(body, dict):
+            raise ReelgenError(ErrorCode.INVALID_JSON, "The request body must be a JSON object.")
+        try:
+            parsed = cls.model_validate(body)
+        except ValidationError as exc:
+            details = [
+                {"field": _loc(e) or "body", "message": str(e["msg"]).removeprefix("Value error, ")}
+                for e in exc.errors(include_url=False)
+            ]
+            summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+            raise ReelgenError(ErrorCode.INVALID_INPUT, f"Invalid upload: {summary}", details=details) from None
+        if parsed.contentType not in PRESIGN_CONTENT_TYPES:
+            message = f"must be one of {', '.join(PRESIGN_CONTENT_TYPES)}"
+            raise ReelgenError(
+                ErrorCode.INVALID_INPUT,
+                f"Invalid upload: contentType: {message}",
+                details=[{"field": "contentType", "message": message}],
+            )
+        return parsed
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,6 +397,30 @@ class TaskView(_Wire):
     result: TaskResult | None = None
     output: TaskOutput | None = None
     error: TaskError | None = None
+    #: Kling's ``external_task_id``, when the task was given one
+    externalTaskId: str | None = None
+
+
+class PresignView(_Wire):
+    """A presigned upload: ``PUT`` the bytes to ``uploadUrl`` (no key), then use ``publicUrl``."""
+
+    uploadUrl: str
+    publicUrl: str
+    key: str
+    expiresAt: str
+
+
+class UploadView(_Wire):
+    """A stored upload: ``url`` (``reelgen-upload://<id>``) or ``publicUrl`` go in ``image_urls``."""
+
+    id: str
+    url: str
+    key: str
+    format: str
+    width: int
+    height: int
+    size: int
+    publicUrl: str | None = None
 
 
 class DownloadView(_Wire):

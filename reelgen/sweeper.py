@@ -3,10 +3,11 @@
 ``sweep_once`` is one pass over the store: requeue tasks whose lease expired (or fail them once
 they have used ``max_attempts``), release holds older than ``max_run_seconds`` plus slack, and
 purge idempotency keys past their 24 hours. ``Sweeper`` runs it every ``SWEEP_INTERVAL`` on a
-daemon thread, and ``storage.sweep_temp`` every ``TEMP_SWEEP_INTERVAL`` (scratch files of a killed
-writer). The local executor's supervisor, API-only replicas (``executor = "none"``) and the Ray
-dispatcher each run one. Several at once are safe: every rescue is a conditional write on the
-attempt (and ``SKIP LOCKED`` on PostgreSQL).
+daemon thread, and ``storage.sweep_temp`` (scratch files of a killed writer) and ``purge_uploads``
+(uploads no task used within ``upload_retention_seconds``, presigned uploads that never got their
+bytes) every ``TEMP_SWEEP_INTERVAL``. The local executor's supervisor, API-only replicas
+(``executor = "none"``) and the Ray dispatcher each run one. Several at once are safe: every
+rescue is a conditional write on the attempt (and ``SKIP LOCKED`` on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,11 +27,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOLD_SLACK_SECONDS",
+    "SLOT_PURGE_GRACE_SECONDS",
     "SWEEP_INTERVAL",
     "TEMP_MAX_AGE_SECONDS",
     "TEMP_SWEEP_INTERVAL",
+    "PurgeReport",
     "SweepReport",
     "Sweeper",
+    "purge_uploads",
     "sweep_once",
 ]
 
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 HOLD_SLACK_SECONDS = 600.0
 #: Scratch files untouched for this long belong to a dead writer.
 TEMP_MAX_AGE_SECONDS = 3600.0
+#: An expired presigned upload is purged this long after its expiry (a PUT that claimed it in time is done).
+SLOT_PURGE_GRACE_SECONDS = 3600.0
 SWEEP_INTERVAL = 2.0
 TEMP_SWEEP_INTERVAL = 60.0
 
@@ -84,6 +91,36 @@ def sweep_once(db: Database, settings: Settings, now: datetime | None = None) ->
     return report
 
 
+@dataclass(frozen=True)
+class PurgeReport:
+    unused_uploads: int = 0
+    expired_slots: int = 0
+
+
+def purge_uploads(db: Database, storage: Storage, settings: Settings, now: datetime | None = None) -> PurgeReport:
+    """Delete uploads no task named within ``upload_retention_seconds`` (0: keep them) and presigned
+    uploads that expired without their bytes, with their objects. Each row goes by a conditional
+    delete before its object, so an upload a task names meanwhile is kept whole."""
+    from reelgen.store import uploads
+
+    when = now or datetime.now(UTC)
+    unused = expired = 0
+    if settings.upload_retention_seconds > 0:
+        cutoff = when - timedelta(seconds=settings.upload_retention_seconds)
+        for upload_id, key in db.run(lambda conn: uploads.unused_before(conn, cutoff)):
+            if db.run(partial(uploads.purge_unused, upload_id=upload_id), immediate=True):
+                storage.delete(key)
+                unused += 1
+    slot_cutoff = when - timedelta(seconds=SLOT_PURGE_GRACE_SECONDS)
+    for slot_id in db.run(lambda conn: uploads.stale_slots(conn, slot_cutoff)):
+        if db.run(partial(uploads.purge_expired_slot, slot_id=slot_id, cutoff=slot_cutoff), immediate=True):
+            storage.delete(uploads.storage_key(slot_id))  # a PUT that claimed it and died mid-way
+            expired += 1
+    if unused or expired:
+        log.info("purged %d unused upload(s) and %d expired presigned upload(s)", unused, expired)
+    return PurgeReport(unused, expired)
+
+
 class Sweeper:
     """A daemon thread running ``sweep_once`` every ``SWEEP_INTERVAL`` and ``storage.sweep_temp``
     every ``TEMP_SWEEP_INTERVAL`` until ``stop()``; a failed pass is logged and retried."""
@@ -116,5 +153,9 @@ class Sweeper:
                         log.info("removed %d orphaned scratch file(s)", removed)
                 except OSError:
                     log.exception("sweeping scratch files failed")
+                try:
+                    purge_uploads(self.db, self.storage, self.settings)
+                except Exception:
+                    log.exception("purging uploads failed; retrying in %.0f s", TEMP_SWEEP_INTERVAL)
             if self._stop.wait(SWEEP_INTERVAL):
                 return

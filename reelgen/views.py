@@ -2,13 +2,24 @@
 
 ``task_object`` is the ``data`` of ``GET /api/v1/tasks/{id}`` (and of the list, cancel and the
 Server-Sent Events); ``webhook_object`` is the subset a webhook carries, built from it, so the two
-can never disagree. Pure functions of the row (and the values the caller looked up: the result's
+can never disagree.
+
+A task object stays under ``MAX_TASK_JSON_BYTES`` whatever was submitted: the echoed ``input``
+shows a ``data:`` URI as a short descriptor (media type, bytes, sha256 prefix) and is cut to
+``INPUT_ECHO_BYTES`` (long strings shortened), the top-level ``prompt`` to ``PROMPT_ECHO_BYTES``
+and the error message to ``ERROR_ECHO_CHARS``. Sizes are of the JSON as the API renders it (UTF-8).
+
+Pure functions of the row (and the values the caller looked up: the result's
 URL, the queue position, the ETA); no I/O, so the store can call them inside the transaction that
 ends a task.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +29,84 @@ from reelgen.errors import FAILURE_KEYS, ErrorCode
 if TYPE_CHECKING:
     from reelgen.store.tasks import TaskRow
 
-__all__ = ["WEBHOOK_FIELDS", "credits_used", "iso", "task_object", "webhook_object"]
+__all__ = [
+    "MAX_TASK_JSON_BYTES",
+    "WEBHOOK_FIELDS",
+    "credits_used",
+    "data_uri_descriptor",
+    "echo_input",
+    "iso",
+    "task_object",
+    "webhook_object",
+]
 
 #: The task fields a webhook carries (its ``error`` without the ``key``).
-WEBHOOK_FIELDS = ("id", "taskId", "model", "status", "creditsUsed", "createdAt", "completedAt", "error")
+WEBHOOK_FIELDS = (
+    "id",
+    "taskId",
+    "model",
+    "status",
+    "creditsUsed",
+    "createdAt",
+    "completedAt",
+    "error",
+    "externalTaskId",
+)
 GENERIC_FAILURE = "The generation failed."
+#: The most one task object's JSON may take, and the budgets that keep it there.
+MAX_TASK_JSON_BYTES = 16 * 1024
+INPUT_ECHO_BYTES = 6000
+PROMPT_ECHO_BYTES = 6000
+ERROR_ECHO_CHARS = 500
+#: The longest string the echo keeps whole, tried in turn until the input fits its budget.
+_ECHO_STRING_LIMITS = (2000, 300, 80, 20)
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace"))
+
+
+def data_uri_descriptor(uri: str) -> str:
+    """``<data:image/png, 2734512 bytes, sha256 3f2a9c1d0b7e>`` for a ``data:`` URI (the hash is of
+    the decoded bytes; of the text when it is not valid base64)."""
+    head, _, payload = uri.partition(",")
+    media = head[5:].split(";", 1)[0][:100] or "text/plain"
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raw = payload.encode("utf-8", "backslashreplace")
+    return f"<data:{media}, {len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:12]}>"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… (+{len(text) - limit} chars)"
+
+
+def _shown(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return data_uri_descriptor(value) if value[:5].lower() == "data:" else _cut(value, limit)
+    if isinstance(value, dict):
+        return {k: _shown(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown(v, limit) for v in value]
+    return value
+
+
+def echo_input(inp: dict[str, Any]) -> dict[str, Any]:
+    """The stored ``input`` as a task object shows it: ``data:`` URIs as descriptors, long strings
+    shortened until it fits ``INPUT_ECHO_BYTES``."""
+    shown: dict[str, Any] = {}
+    for limit in _ECHO_STRING_LIMITS:
+        shown = _shown(inp, limit)
+        if _json_bytes(shown) <= INPUT_ECHO_BYTES:
+            break
+    return shown
+
+
+def _prompt_echo(prompt: str) -> str:
+    if _json_bytes(prompt) <= PROMPT_ECHO_BYTES:
+        return prompt
+    return _cut(prompt, PROMPT_ECHO_BYTES // 6)  # a character takes at most 6 bytes in JSON (\u0001)
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -46,7 +130,7 @@ def _error(row: TaskRow) -> dict[str, Any] | None:
     code = row.error_code or default.value
     known = ErrorCode(code) if code in ErrorCode._value2member_map_ else None
     key = FAILURE_KEYS.get(known, "generic") if known is not None else "generic"
-    return {"code": code, "key": key, "message": row.error_message or GENERIC_FAILURE}
+    return {"code": code, "key": key, "message": _cut(row.error_message or GENERIC_FAILURE, ERROR_ECHO_CHARS)}
 
 
 def task_object(
@@ -71,8 +155,8 @@ def task_object(
         "model": row.model,
         "status": row.status.value,
         "mediaType": "video",
-        "prompt": row.prompt,
-        "input": row.input,
+        "prompt": _prompt_echo(row.prompt),
+        "input": echo_input(row.input),
         "createdAt": iso(row.created_at),
         "startedAt": iso(row.started_at),
         "completedAt": iso(row.completed_at),
@@ -83,6 +167,7 @@ def task_object(
         "result": result,
         "output": output,
         "error": _error(row),
+        "externalTaskId": row.external_task_id,
     }
 
 

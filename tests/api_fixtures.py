@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from reelgen import service
 from reelgen.api.app import create_app
+from reelgen.api.server import uvicorn_config
 from reelgen.config import Settings
 from reelgen.profiles import get_profile
 from reelgen.storage import pick
@@ -76,7 +77,15 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(ctx.settings, start_executor=start_executor, ctx=ctx)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        # the production server: uvicorn with reelgen's request read deadline (reelgen/api/server.py)
+        config = uvicorn_config(
+            app,
+            "127.0.0.1",
+            self.port,
+            ctx.settings.request_read_timeout_seconds,
+            log_level="warning",
+            lifespan="on",
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

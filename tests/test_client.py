@@ -195,9 +195,17 @@ def test_error_paths(live_api: LiveServer, ctx: service.Context, connect: Callab
 
     seen: list[Task] = []
     t0 = time.monotonic()
-    err = raises(ErrorCode.WAIT_TIMEOUT, lambda: api.wait(task, timeout=0.6, on_progress=seen.append, **FAST))
+    # polling (stream=False): on_progress after every poll
+    err = raises(
+        ErrorCode.WAIT_TIMEOUT, lambda: api.wait(task, timeout=0.6, on_progress=seen.append, stream=False, **FAST)
+    )
     assert time.monotonic() - t0 < 5 and task.id in err.message
     assert len(seen) >= 3 and {t.status for t in seen} == {"pending"} and seen[0].queuePosition == 0
+    # following the event stream: the deadline holds while the stream is quiet
+    seen.clear()
+    t0 = time.monotonic()
+    err = raises(ErrorCode.WAIT_TIMEOUT, lambda: api.wait(task, timeout=0.6, on_progress=seen.append, **FAST))
+    assert time.monotonic() - t0 < 5 and task.id in err.message and seen[0].status == "pending"
 
     closed = f"http://127.0.0.1:{free_port()}"
     err = raises(ErrorCode.CONNECTION_ERROR, lambda: connect(rich.key, base_url=closed).models())

@@ -137,7 +137,7 @@ ERROR_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/v1/tasks/00000000000000000000000000000000/download?mode=proxy", {}),
     ("GET", "/api/v1/tasks/x/download?mode=ftp", {}),
     ("GET", "/api/v1/files/x.mp4?expires=1&token=abc", {}),
-    ("GET", "/api/v1/models?type=image", {}),
+    ("GET", "/api/v1/models?type=speech", {}),
     ("GET", "/api/v1/tasks?limit=1000&status=done&cursor=%00", {}),
     ("POST", "/api/v1/tasks/00000000000000000000000000000000/cancel", {}),
     ("DELETE", "/api/v1/credits", {}),

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reelgen import __version__, service
 from reelgen.api import errors, extensions
+from reelgen.api.head import HeadAsGet
 from reelgen.api.openapi import document
 from reelgen.api.routes import router
 from reelgen.config import Settings
@@ -147,9 +148,11 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
     def openapi() -> dict[str, Any]:
-        return document(app, (router, extensions.router))
+        upload_limit = min(settings.max_image_bytes, settings.max_body_bytes)
+        return document(app, (router, extensions.router), max_upload_bytes=upload_limit)
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     return app

@@ -32,9 +32,19 @@ def bearer_token(authorization: str | None) -> str | None:
     return given[len("Bearer ") :] if given.startswith("Bearer ") else None
 
 
+def authorization_header(request: Request) -> str | None:
+    """The one ``Authorization`` header of the request. Two of them are refused: proxies and
+    frameworks disagree on which one wins, so accepting either would let a request be read as
+    two different callers."""
+    given = request.headers.getlist("authorization")
+    if len(given) > 1:
+        raise ReelgenError(ErrorCode.INVALID_AUTH_FORMAT, "Send one Authorization header, not several.")
+    return given[0] if given else None
+
+
 def current_account(request: Request, _: Annotated[object, Depends(bearer_scheme)] = None) -> str:
     ctx: service.Context = request.app.state.ctx
-    admission = service.admit(ctx, bearer_key(request.headers.get("authorization")))
+    admission = service.admit(ctx, bearer_key(authorization_header(request)))
     # ``RateLimitHeaders`` (api/app.py) adds these to the response, whatever the route answers
     request.state.rate_limit_headers = admission.headers
     return admission.account_id

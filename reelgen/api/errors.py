@@ -39,9 +39,14 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.NO_RESULT: 409,
     ErrorCode.NOT_CANCELLABLE: 409,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.DUPLICATE_EXTERNAL_TASK_ID: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UPLOAD_QUOTA_EXCEEDED: 413,
+    ErrorCode.RANGE_NOT_SATISFIABLE: 416,
     ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.NOT_SUPPORTED: 501,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
 }
 
@@ -67,7 +72,7 @@ def envelope(code: str, message: str, details: list[dict[str, Any]] | None = Non
 
 def error_response(exc: ReelgenError) -> JSONResponse:
     status = status_for(exc.code)
-    if status >= 500 and exc.code != ErrorCode.SERVICE_UNAVAILABLE:
+    if status >= 500 and exc.code not in (ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.NOT_SUPPORTED):
         # A ReelgenError that is not an API error (e.g. a failure code) reaching a route is a bug.
         log.error("unmapped error reached the API: %r", exc)
         return JSONResponse(envelope(ErrorCode.INTERNAL_ERROR, "Internal server error."), status_code=500)
@@ -75,6 +80,25 @@ def error_response(exc: ReelgenError) -> JSONResponse:
     if exc.code == ErrorCode.SERVICE_UNAVAILABLE:
         headers.setdefault("Retry-After", "1")
     return JSONResponse(envelope(str(exc.code), exc.message, exc.details), status_code=status, headers=headers)
+
+
+def _allow(request: Request) -> dict[str, str]:
+    """``Allow`` listing the methods of every route on the request's path (Starlette names only the
+    first route's, when several routes share a path with different methods)."""
+    from starlette.routing import Match, Route
+
+    def routes(items: Any) -> Any:
+        for item in items:
+            inner = getattr(item, "original_router", None)  # an included router (FastAPI keeps it whole)
+            yield from routes(inner.routes) if inner is not None else (item,)
+
+    methods: set[str] = set()
+    for route in routes(request.app.routes):
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches({**request.scope, "method": next(iter(route.methods))})
+            if match is Match.FULL:
+                methods |= route.methods
+    return {"Allow": ", ".join(sorted(methods))} if methods else {}
 
 
 def install(app: FastAPI) -> None:
@@ -88,7 +112,9 @@ def install(app: FastAPI) -> None:
             {"field": ".".join(str(p) for p in e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
             for e in exc.errors()
         ]
-        return JSONResponse(envelope(ErrorCode.INVALID_INPUT, "Invalid request parameters.", details), status_code=400)
+        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
+        message = f"Invalid request parameters: {summary}" if summary else "Invalid request parameters."
+        return JSONResponse(envelope(ErrorCode.INVALID_INPUT, message, details), status_code=400)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -98,7 +124,7 @@ def install(app: FastAPI) -> None:
             return JSONResponse(
                 envelope(ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed."),
                 status_code=405,
-                headers=exc.headers,
+                headers={**(exc.headers or {}), **_allow(request)},
             )
         code = ErrorCode.INVALID_INPUT if exc.status_code < 500 else ErrorCode.INTERNAL_ERROR
         return JSONResponse(envelope(code, "Request failed."), status_code=exc.status_code)

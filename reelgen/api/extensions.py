@@ -1,22 +1,31 @@
-"""Routes of the API.md extensions: list, cancel, live events, estimate, webhook secret, upload,
-metrics. Parse, call one service
-function, render; no SQL, pricing or HTTPException here."""
+"""Routes of the API.md extensions: list, cancel, live events, estimate, webhook secret, upload
+(bytes, or VicSee's presign flow with its signed PUT and the owner's GET of ``publicUrl``),
+VicSee's tools (not offered here), metrics. Parse, call one service function, render; no SQL,
+pricing or HTTPException here."""
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from reelgen import service
-from reelgen.api.auth import CurrentAccount, bearer_token
-from reelgen.api.routes import GENERATE_BODY, base_url, ctx_of, ok
+from reelgen.api.auth import CurrentAccount, authorization_header, bearer_token
+from reelgen.api.body import loads as load_json
+from reelgen.api.routes import GENERATE_BODY, base_url, ctx_of, ok, success
 from reelgen.api.sse import frames
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.schemas import (
+    EXTERNAL_TASK_ID_PATTERN,
+    PRESIGN_CONTENT_TYPES,
+    UPLOAD_CONTENT_TYPES,
+    PresignView,
+    UploadView,
+)
 
 router = APIRouter()
 #: ``status`` filter values, so the OpenAPI document states them (the service checks them too)
@@ -24,10 +33,7 @@ TaskStatusName = Literal["pending", "processing", "completed", "failed", "cancel
 
 
 async def json_body(request: Request) -> Any:
-    try:
-        return json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise ReelgenError(ErrorCode.INVALID_JSON, "The request body is not valid JSON.") from None
+    return load_json(await request.body())
 
 
 @router.get("/api/v1/tasks", tags=["tasks"])
@@ -41,10 +47,16 @@ def list_tasks(
         int, Query(ge=1, le=service.MAX_PAGE_SIZE, description=f"1-{service.MAX_PAGE_SIZE} tasks per page")
     ] = service.DEFAULT_PAGE_SIZE,
     cursor: str | None = Query(None, pattern=service.CURSOR_PATTERN, description="nextCursor of the previous page"),
+    external_task_id: str | None = Query(
+        None, pattern=EXTERNAL_TASK_ID_PATTERN, description="only the task given this external_task_id (Kling's)"
+    ),
 ) -> dict[str, Any]:
     """The caller's tasks, newest first, in pages: ``{tasks, nextCursor}``."""
     ctx = ctx_of(request)
-    return ok(service.list_tasks(ctx, account, base_url(request), status=status, limit=limit, cursor=cursor))
+    found = service.list_tasks(
+        ctx, account, base_url(request), status=status, limit=limit, cursor=cursor, external_task_id=external_task_id
+    )
+    return ok(found)
 
 
 @router.post("/api/v1/tasks/{task_id}/cancel", tags=["tasks"])
@@ -70,7 +82,7 @@ async def events(task_id: str, request: Request, account: CurrentAccount) -> Str
 async def estimate(request: Request, account: CurrentAccount) -> dict[str, Any]:
     """The price and a likely duration of a ``/generate`` body; charges nothing."""
     body = await json_body(request)
-    return ok(await run_in_threadpool(service.estimate, ctx_of(request), account, body))
+    return ok(await run_in_threadpool(service.estimate, ctx_of(request), account, body, base_url(request)))
 
 
 @router.get("/api/v1/webhooks/secret", tags=["account"])
@@ -81,9 +93,20 @@ def webhook_secret(request: Request, account: CurrentAccount) -> dict[str, Any]:
 
 #: an upload is never empty (the service answers 400 INVALID_INPUT to an empty body)
 _BINARY = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
+PRESIGN_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["contentType", "sizeBytes"],
+    "properties": {
+        "contentType": {"type": "string", "enum": list(PRESIGN_CONTENT_TYPES)},
+        "sizeBytes": {"type": "integer", "minimum": 1, "description": "the exact size of the image to PUT"},
+        "filename": {"type": ["string", "null"], "maxLength": 255, "description": "accepted and ignored"},
+    },
+}
 UPLOAD_BODY = {
     "required": True,
     "content": {
+        "application/json": {"schema": PRESIGN_SCHEMA},
         "image/png": _BINARY,
         "image/jpeg": _BINARY,
         "image/webp": _BINARY,
@@ -122,11 +145,70 @@ async def image_body(request: Request) -> bytes:
         return await file.read()
 
 
-@router.post("/api/v1/upload", tags=["generation"], openapi_extra={"requestBody": UPLOAD_BODY})
+def _is_json(request: Request) -> bool:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media == "application/json"
+
+
+@router.post(
+    "/api/v1/upload",
+    tags=["generation"],
+    openapi_extra={"requestBody": UPLOAD_BODY},
+    responses=success(UploadView | PresignView),
+)
 async def upload(request: Request, account: CurrentAccount) -> dict[str, Any]:
-    """Store an input image (JPEG, PNG or WEBP); its ``url`` is usable in ``image_urls``."""
+    """Store an input image (JPEG, PNG or WEBP) sent as the body or a multipart ``file``; its ``url``
+    or ``publicUrl`` is usable in ``image_urls``. With a JSON body ``{contentType, sizeBytes}``:
+    VicSee's presign flow, ``{uploadUrl, publicUrl, key, expiresAt}`` (``PUT`` the bytes to ``uploadUrl``)."""
+    ctx, base = ctx_of(request), base_url(request)
+    if _is_json(request):
+        body = await json_body(request)
+        return ok(await run_in_threadpool(service.presign, ctx, account, body, base))
     data = await image_body(request)
-    return ok(await run_in_threadpool(service.upload, ctx_of(request), account, data))
+    return ok(await run_in_threadpool(service.upload, ctx, account, data, base))
+
+
+_IMAGE_RESPONSE = {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in UPLOAD_CONTENT_TYPES}}
+
+
+@router.put(
+    "/api/v1/uploads/{upload_id}",
+    tags=["generation"],
+    openapi_extra={"requestBody": {"required": True, "content": {t: _BINARY for t in UPLOAD_CONTENT_TYPES}}},
+    responses=success(UploadView),
+)
+async def put_upload(
+    upload_id: Annotated[str, Path(pattern="^[0-9a-f]{32}$")],
+    request: Request,
+    expires: Annotated[str, Query(pattern="^[0-9]{1,12}$")],
+    token: Annotated[str, Query(pattern="^[A-Za-z0-9_-]{1,64}$")],
+) -> dict[str, Any]:
+    """The bytes of a presigned upload (its ``uploadUrl``: signed, single use, no API key), exactly
+    the declared type and size."""
+    data = await request.body()
+    ctype = request.headers.get("content-type")
+    put = partial(service.put_presigned, ctx_of(request), upload_id, expires, token, ctype, data, base_url(request))
+    return ok(await run_in_threadpool(put))
+
+
+@router.get(
+    "/api/v1/uploads/{upload_id}",
+    tags=["generation"],
+    response_class=Response,
+    responses={200: {**_IMAGE_RESPONSE, "description": "The uploaded image"}},
+)
+def get_upload(
+    upload_id: Annotated[str, Path(pattern="^[0-9a-f]{32}$")], request: Request, account: CurrentAccount
+) -> Response:
+    """An upload's image (its ``publicUrl``), for its owner only."""
+    data, media_type = service.read_upload(ctx_of(request), account, upload_id)
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, no-store"})
+
+
+@router.post("/api/v1/tools/{tool}", tags=["tools"], responses={501: {"description": "NOT_SUPPORTED"}})
+def tools(tool: Literal["upscale-image", "upscale-video"], request: Request, account: CurrentAccount) -> dict[str, Any]:
+    """VicSee's tools: not offered by this server (501 ``NOT_SUPPORTED``, naming what it serves)."""
+    return ok(service.tool(ctx_of(request), tool))
 
 
 @router.get(
@@ -140,6 +222,6 @@ def metrics(request: Request) -> Response:
     from reelgen.metrics import CONTENT_TYPE
 
     pids = getattr(request.app.state.executor, "pids", None)
-    token = bearer_token(request.headers.get("authorization"))
+    token = bearer_token(authorization_header(request))
     body = service.metrics(ctx_of(request), token, len(pids()) if pids else None)
     return Response(body, media_type=CONTENT_TYPE)

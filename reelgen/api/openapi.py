@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any, get_args, get_origin
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -26,11 +27,13 @@ from pydantic import BaseModel
 
 from reelgen.schemas import (
     CAMERA_MOVES,
+    EXTERNAL_TASK_ID_PATTERN,
     IMAGE_TO_VIDEO,
     IMAGE_URL_PATTERN,
     MAX_DURATION,
     MAX_PROMPT_CHARS,
     MAX_REQUEST_LORAS,
+    MAX_SEED,
     MAX_STRENGTH,
     MIN_DURATION,
     MIN_STRENGTH,
@@ -43,6 +46,8 @@ from reelgen.schemas import (
 REF = "#/components/schemas/{model}"
 #: the very pattern ``schemas.GenerateInput`` applies (http(s) with a host, data:image/, uploads)
 IMAGE_URL = IMAGE_URL_PATTERN
+#: what a callback URL must start with (the server also applies the address rules of webhooks)
+CALLBACK_URL = "^[hH][tT][tT][pP][sS]?://[^/?#@:\\x00-\\x20]"
 #: A prompt: no NUL (PostgreSQL text cannot hold it) and at least one character ``str.strip()`` keeps
 #: (``MISSING_PROMPT`` otherwise). Whitespace is spelled out rather than ``\s``, because Python's and
 #: ECMA-262's whitespace classes differ (\x1c-\x1f and \x85 against \ufeff).
@@ -61,6 +66,11 @@ ERROR_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/api/v1/models"): (400, 413, 429),
     ("get", "/healthz"): (400, 413),
     ("get", "/readyz"): (400, 413, 503),
+    ("post", "/api/v1/upload"): (*_ALWAYS, *_AUTH),
+    # a presigned PUT carries no key: its signature is the credential (403 INVALID_TOKEN)
+    ("put", "/api/v1/uploads/{upload_id}"): (400, 403, 413, 503),
+    ("get", "/api/v1/uploads/{upload_id}"): (*_ALWAYS, *_AUTH, 404, 409),
+    ("post", "/api/v1/tools/{tool}"): (*_ALWAYS, *_AUTH, 501),
 }
 _DEFAULT_ERRORS = (*_ALWAYS, *_AUTH, *_TASK, 409)
 
@@ -68,14 +78,20 @@ _DESCRIPTIONS = {
     400: "Invalid request (INVALID_JSON, MISSING_MODEL, INVALID_MODEL, MISSING_PROMPT, INVALID_INPUT)",
     401: "Missing or invalid API key (MISSING_AUTH_HEADER, INVALID_AUTH_FORMAT, INVALID_KEY_FORMAT, INVALID_API_KEY)",
     402: "Not enough available credits (INSUFFICIENT_CREDITS); nothing is reserved",
-    403: "Forbidden",
-    404: "No such task for this key (TASK_NOT_FOUND), or no such route (NOT_FOUND)",
-    409: "The task has no result yet (NO_RESULT) or cannot be cancelled (NOT_CANCELLABLE)",
-    413: "The request body is over the server's limit (PAYLOAD_TOO_LARGE)",
-    416: "The requested byte range is outside the file",
+    403: "The signed link is invalid, expired or already used (INVALID_TOKEN)",
+    404: "No such task (TASK_NOT_FOUND) or upload (NOT_FOUND) for this key, or no such route (NOT_FOUND)",
+    409: (
+        "The task (or presigned upload) has no result yet (NO_RESULT) or cannot be cancelled "
+        "(NOT_CANCELLABLE); the external_task_id is already used (DUPLICATE_EXTERNAL_TASK_ID)"
+    ),
+    413: "The request body is over the server's limit (PAYLOAD_TOO_LARGE), or an upload would pass the "
+    "account's upload quota (UPLOAD_QUOTA_EXCEEDED)",
+    416: "The requested byte range is outside the file (RANGE_NOT_SATISFIABLE)",
     422: "The Idempotency-Key was used with another body (IDEMPOTENCY_KEY_REUSED)",
     429: "Too many requests (RATE_LIMITED); retry after Retry-After seconds",
-    503: "The database is busy or unreachable (SERVICE_UNAVAILABLE); retry after Retry-After seconds",
+    501: "Not offered by this server (NOT_SUPPORTED); the message names what it serves",
+    503: "The database is busy or unreachable, or the disk is full or read-only (SERVICE_UNAVAILABLE); "
+    "retry after Retry-After seconds",
 }
 
 
@@ -150,6 +166,30 @@ def _input_schema(model: str) -> dict[str, Any]:
             "items": shot,
             "description": "The shots, in order; their durations must add up to duration (else 400 INVALID_INPUT).",
         },
+        # Kling's own fields
+        "negative_prompt": {
+            "type": ["string", "null"],
+            "maxLength": MAX_PROMPT_CHARS,
+            "pattern": "^[^\\x00]*$",
+            "description": 'What to avoid; default the profile\'s, "" for none (guided stages only).',
+        },
+        "cfg_scale": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": 1,
+            "description": "How closely to follow the prompt: 0.5 = the profile's guidance (guided stages only).",
+        },
+        "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED, "description": "Noise seed."},
+        "callback_url": {
+            "type": ["string", "null"],
+            "pattern": CALLBACK_URL,
+            "description": "POSTed (signed, Standard Webhooks) when the task ends; public http(s) only.",
+        },
+        "external_task_id": {
+            "type": ["string", "null"],
+            "pattern": EXTERNAL_TASK_ID_PATTERN,
+            "description": "Your own id of the task, unique per account (409 DUPLICATE_EXTERNAL_TASK_ID).",
+        },
     }
     strength = {"type": "number", "minimum": MIN_STRENGTH, "maximum": MAX_STRENGTH}
     props["loras"] = {
@@ -218,7 +258,15 @@ def generate_request_schema() -> dict[str, Any]:
                 "type": "object",
                 "additionalProperties": False,
                 "required": ["model", "input"],
-                "properties": {"model": {"const": model}, "input": _input_schema(model)},
+                "properties": {
+                    "model": {"const": model},
+                    "input": _input_schema(model),
+                    "callback_url": {
+                        "type": ["string", "null"],
+                        "pattern": CALLBACK_URL,
+                        "description": "As input.callback_url (give it in one place, or the same in both).",
+                    },
+                },
             }
         )
     return {"title": "GenerateRequest", "oneOf": variants}
@@ -253,6 +301,8 @@ def _responses(
         return {"200": declared_ok, **_errors(key)}
     if get_origin(wanted) is list:
         data: dict[str, Any] = {"type": "array", "items": _model_ref(get_args(wanted)[0], components)}
+    elif get_origin(wanted) in (Union, UnionType):
+        data = {"anyOf": [_model_ref(m, components) for m in get_args(wanted)]}
     elif wanted is not None:
         data = _model_ref(wanted, components)
     else:
@@ -279,9 +329,10 @@ def _errors(key: tuple[str, str]) -> dict[str, Any]:
     return dict(sorted(responses.items()))
 
 
-def document(app: FastAPI, routers: Sequence[APIRouter] = ()) -> dict[str, Any]:
+def document(app: FastAPI, routers: Sequence[APIRouter] = (), *, max_upload_bytes: int | None = None) -> dict[str, Any]:
     """The app's OpenAPI document (built once and cached on the app); ``routers`` hold the routes
-    whose declared success models (``routes.success``) the envelopes are built around."""
+    whose declared success models (``routes.success``) the envelopes are built around;
+    ``max_upload_bytes`` is the largest ``sizeBytes`` a presigned upload may declare (a setting)."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -297,8 +348,21 @@ def document(app: FastAPI, routers: Sequence[APIRouter] = ()) -> dict[str, Any]:
             key = (method, path)
             op["responses"] = _responses(key, op.get("responses", {}), models.get(key), components)
     _link_task_routes(paths)
+    if max_upload_bytes is not None:
+        _set_upload_limit(paths, max_upload_bytes)
     app.openapi_schema = copy.deepcopy(schema)
     return app.openapi_schema
+
+
+def _set_upload_limit(paths: dict[str, Any], limit: int) -> None:
+    """State the server's upload limit on the presign body (copied: the route's schema is shared)."""
+    content = paths.get("/api/v1/upload", {}).get("post", {}).get("requestBody", {}).get("content", {})
+    presign = content.get("application/json", {}).get("schema")
+    if presign is not None and "sizeBytes" in presign.get("properties", {}):
+        size = {**presign["properties"]["sizeBytes"], "maximum": limit}
+        content["application/json"] = {
+            "schema": {**presign, "properties": {**presign["properties"], "sizeBytes": size}}
+        }
 
 
 #: (method, path) of the operation creating a task -> the operations that take its id as ``task_id``

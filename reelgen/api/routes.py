@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -12,8 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from reelgen import service
 from reelgen.api.auth import CurrentAccount
+from reelgen.api.body import loads as load_json
+from reelgen.api.head import is_head
 from reelgen.api.streaming import mp4_response
-from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import CreditsView, DownloadView, GenerateAccepted, ModelView, TaskView
 
 router = APIRouter()
@@ -58,7 +59,7 @@ def base_url(request: Request) -> str:
 
 
 def _mp4(request: Request, result: service.ResultFile) -> Response:
-    return mp4_response(ctx_of(request).storage, result, request.headers.get("range"))
+    return mp4_response(result, request.headers.get("range"), head=is_head(request))
 
 
 GENERATE_BODY = {
@@ -79,13 +80,10 @@ async def generate(request: Request, account: CurrentAccount) -> dict[str, Any]:
     One rule the request schema cannot state: with ``multi_shots`` true, the ``multi_prompt`` shot
     durations must add up to ``duration``; a body breaking it is answered 400 ``INVALID_INPUT``.
     """
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ReelgenError(ErrorCode.INVALID_JSON, "The request body is not valid JSON.") from None
+    body = load_json(await request.body())
     idem = request.headers.get("idempotency-key")
-    return ok(await run_in_threadpool(service.submit, ctx_of(request), account, body, idempotency_key=idem))
+    submit = partial(service.submit, idempotency_key=idem, base_url=base_url(request))
+    return ok(await run_in_threadpool(submit, ctx_of(request), account, body))
 
 
 @router.get("/api/v1/tasks/{task_id}", tags=["tasks"], responses=success(TaskView))
@@ -121,9 +119,12 @@ def credits(request: Request, account: CurrentAccount) -> dict[str, Any]:
 
 
 @router.get("/api/v1/models", tags=["models"], responses=success(list[ModelView]))
-def models(request: Request, type: Literal["video"] | None = None) -> dict[str, Any]:
-    """The served models with their inputs and per-second prices (no auth)."""
-    return ok(service.models(ctx_of(request)))
+def models(
+    request: Request,
+    type: Literal["video", "image", "music"] | None = Query(None, description="video (all), image or music (none)"),
+) -> dict[str, Any]:
+    """The served models with their inputs and per-second prices (no auth); ``type`` filters them."""
+    return ok(service.models(ctx_of(request), type))
 
 
 @router.get("/healthz", tags=["health"], responses=success(Health))

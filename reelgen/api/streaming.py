@@ -1,8 +1,11 @@
-"""Sending a stored MP4: a local file through ``FileResponse``, anything else streamed from storage.
+"""Sending a stored MP4, the same way for every storage: the service opens the object (a local
+file or a bucket's object) and this module streams the bytes a request asks for.
 
-Both answer single-range ``Range`` requests (206 with ``Content-Range``, 416 when unsatisfiable)
-and set ``Content-Length``, so players can seek in a video kept in a bucket just as in a local one.
-A request with several ranges gets the whole file (200), which HTTP allows.
+``Range`` (RFC 9110): one ``bytes`` range gets 206 with ``Content-Range``; an unsatisfiable one gets
+416 with ``Content-Range: bytes */<size>`` and the JSON error envelope (``RANGE_NOT_SATISFIABLE``).
+A header that is not one byte range (malformed, another unit, or several ranges) is ignored and
+the whole file is sent (200), as the RFC allows: one rule for every storage, documented in
+docs/api.md. ``HEAD`` gets the same status and headers with no body.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import re
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from reelgen.api.errors import error_response
+from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.service import ResultFile
-from reelgen.storage.base import Storage
 
 CHUNK_BYTES = 256 * 1024
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
@@ -58,24 +62,30 @@ def _chunks(f: BinaryIO, start: int, length: int) -> Iterator[bytes]:
         f.close()
 
 
-def mp4_response(storage: Storage, result: ResultFile, range_header: str | None) -> Response:
-    if result.path is not None:
-        # FileResponse answers Range requests (206 / 416) and sets Content-Length itself.
-        return FileResponse(
-            result.path, media_type="video/mp4", filename=result.filename, content_disposition_type="inline"
-        )
+def mp4_response(result: ResultFile, range_header: str | None, *, head: bool = False) -> Response:
+    """The response sending ``result`` (which it closes): 200, 206 or 416 as ``range_header`` asks."""
     size = result.size
     headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'inline; filename="{result.filename}"'}
     try:
         span = parse_range(range_header, size)
     except Unsatisfiable:
-        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+        result.file.close()
+        return error_response(
+            ReelgenError(
+                ErrorCode.RANGE_NOT_SATISFIABLE,
+                f"The requested range is outside the file ({size} bytes).",
+                headers={**headers, "Content-Range": f"bytes */{size}"},
+            )
+        )
     start, end = span if span is not None else (0, size - 1)
     length = max(0, end - start + 1)
     headers["Content-Length"] = str(length)
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    f = storage.open(result.key)  # opened before answering: a vanished object is an error, not a cut stream
+    status = 206 if span is not None else 200
+    if head:
+        result.file.close()
+        return Response(status_code=status, media_type="video/mp4", headers=headers)
     return StreamingResponse(
-        _chunks(f, start, length), status_code=206 if span is not None else 200, media_type="video/mp4", headers=headers
+        _chunks(result.file, start, length), status_code=status, media_type="video/mp4", headers=headers
     )

@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from reelgen.profiles import Profile
 
 
+#: graphs per compiled block: modes x stages x guidance rows x a few durations (see ``accelerate``)
+_RECOMPILE_LIMIT = 64
+
+
 class LTX2Engine:
     """LTX-2 (video + audio) through diffusers; ``load_engine`` builds it from a profile."""
 
@@ -150,6 +154,12 @@ class LTX2Engine:
         if profile.acceleration.fp8 != "off":
             apply_fp8(self._components["transformer"])
         if profile.acceleration.compile == "regional":
+            import torch
+
+            # One block's code serves every block and every call: each guidance row (its batch, STG's
+            # perturbed block, modality guidance's cross-attention switches) and each stage size is a
+            # graph of its own, more than dynamo's default of 8 per code object (then fullgraph fails).
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
             self._components["transformer"].compile_repeated_blocks(fullgraph=True)
             for mode in profile.modes:
                 job = plan(GenerateInput(prompt="warm-up", duration=profile.min_duration, mode=mode), profile, seed=0)

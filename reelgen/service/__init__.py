@@ -5,7 +5,8 @@ per route, and the CLI's operator verbs call them too.
 * ``admission``: an API key → an account, its request rate and active-task cap; operators' overrides;
 * ``tasks``: submit (validate, price, reserve, create in one transaction), read, list, cancel,
   estimate, and follow a task as events;
-* ``uploads``: input images stored for later ``image_urls``;
+* ``uploads``: input images stored for later ``image_urls`` (the bytes, or VicSee's presign flow),
+  and their retention purge;
 * ``links`` and ``results``: signed, expiring result links and the files behind them;
 * ``account``: credits and the webhook secret; ``catalogue``: models and prices, readiness, metrics.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from reelgen.service.account import credits, webhook_secret
 from reelgen.service.admission import Admission, admit, set_limits
-from reelgen.service.catalogue import metrics, models, ready
+from reelgen.service.catalogue import MODEL_TYPES, TOOLS, metrics, models, ready, tool
 from reelgen.service.context import Context, utcnow
 from reelgen.service.links import signed_file_url
 from reelgen.service.results import ResultFile, download, result_for_owner, result_for_token
@@ -34,13 +35,15 @@ from reelgen.service.tasks import (
     task_events,
     task_view,
 )
-from reelgen.service.uploads import upload
+from reelgen.service.uploads import presign, put_presigned, read_upload, upload
 from reelgen.views import iso
 
 __all__ = [
     "CURSOR_PATTERN",
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
+    "MODEL_TYPES",
+    "TOOLS",
     "Admission",
     "Context",
     "ResultFile",
@@ -55,6 +58,9 @@ __all__ = [
     "list_tasks",
     "metrics",
     "models",
+    "presign",
+    "put_presigned",
+    "read_upload",
     "ready",
     "result_for_owner",
     "result_for_token",
@@ -63,6 +69,7 @@ __all__ = [
     "submit",
     "task_events",
     "task_view",
+    "tool",
     "upload",
     "utcnow",
     "webhook_secret",

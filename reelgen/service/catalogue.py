@@ -8,8 +8,14 @@ from typing import Any
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import IMAGE_TO_VIDEO, MAX_DURATION, MIN_DURATION, MODEL_IDS, TEXT_TO_VIDEO, AspectRatio, Mode
 from reelgen.service.context import Context
+from reelgen.storage.base import room_to_write
 
-__all__ = ["MODEL_INPUTS", "MODEL_NAMES", "metrics", "models", "ready"]
+__all__ = ["MODEL_INPUTS", "MODEL_NAMES", "MODEL_TYPES", "TOOLS", "metrics", "models", "ready", "tool"]
+
+#: The model types VicSee's catalogue knows; this server serves only ``video`` models.
+MODEL_TYPES = ("video", "image", "music")
+#: VicSee's tools (``POST /api/v1/tools/{name}``), none of which this server runs.
+TOOLS = ("upscale-image", "upscale-video")
 
 MODEL_NAMES = {
     TEXT_TO_VIDEO: "Kling 3.0 Text to Video",
@@ -21,9 +27,20 @@ MODEL_INPUTS = {
 }
 #: extensions both models take (listed in ``inputs`` when the profile offers them)
 LORA_INPUT, CAMERA_INPUT = "loras", "camera_control"
+#: Kling's own optional fields, taken by both models.
+KLING_INPUTS = ["negative_prompt", "cfg_scale", "seed", "callback_url", "external_task_id"]
 
 
-def models(ctx: Context) -> list[dict[str, Any]]:
+def models(ctx: Context, type: str | None = None) -> list[dict[str, Any]]:
+    """The served models (``type``: only models of that type; ``video`` is all of them, ``image``
+    and ``music`` none). An unknown type is ``INVALID_INPUT`` naming the known ones."""
+    if type is not None and type not in MODEL_TYPES:
+        message = f"must be one of {', '.join(MODEL_TYPES)}"
+        raise ReelgenError(
+            ErrorCode.INVALID_INPUT, f"Invalid type: {message}", details=[{"field": "query.type", "message": message}]
+        )
+    if type not in (None, "video"):
+        return []
     p = ctx.profile
     pricing_table = {
         m.value: {"audio": p.rate(m, True), "noAudio": p.rate(m, False)} for m in (Mode.STANDARD, Mode.PROFESSIONAL)
@@ -39,7 +56,7 @@ def models(ctx: Context) -> list[dict[str, Any]]:
             "id": model_id,
             "name": MODEL_NAMES[model_id],
             "type": "video",
-            "inputs": MODEL_INPUTS[model_id] + extensions,
+            "inputs": MODEL_INPUTS[model_id] + KLING_INPUTS + extensions,
             "aspectRatios": [a.value for a in AspectRatio] if model_id == TEXT_TO_VIDEO else None,
             "modes": [m.value for m in Mode],
             "minDuration": max(MIN_DURATION, p.min_duration),
@@ -54,6 +71,15 @@ def models(ctx: Context) -> list[dict[str, Any]]:
     ]
 
 
+def tool(ctx: Context, name: str) -> dict[str, Any]:
+    """VicSee's tools: this server runs none of them (``NOT_SUPPORTED``, naming what it serves)."""
+    served = ", ".join(MODEL_IDS)
+    raise ReelgenError(
+        ErrorCode.NOT_SUPPORTED,
+        f"The {name} tool is not offered by this server; it serves video generation only ({served}).",
+    )
+
+
 def metrics(ctx: Context, token: str | None, local_workers: int | None) -> bytes:
     """The Prometheus page; with ``REELGEN_METRICS_TOKEN`` set, ``token`` (the request's bearer
     credential, parsed by the HTTP layer) must equal it."""
@@ -66,13 +92,26 @@ def metrics(ctx: Context, token: str | None, local_workers: int | None) -> bytes
 
 
 def ready(ctx: Context) -> dict[str, Any]:
-    """Readiness: the database answers (raises SERVICE_UNAVAILABLE otherwise). ``workers`` counts the
-    live workers of this profile, wherever they run: ``loading`` ones are still loading weights or
-    warming up (compiling) and claim nothing yet; ``ready`` ones claim tasks."""
+    """Readiness: the database answers and has not refused a write lately (disk full, read-only),
+    and the storage's scratch directory takes a file (raises SERVICE_UNAVAILABLE otherwise).
+    ``workers`` counts the live workers of this profile, wherever they run: ``loading`` ones are
+    still loading weights or warming up (compiling) and claim nothing yet; ``ready`` ones claim tasks."""
+    import os
     from datetime import timedelta
 
     from reelgen.store import workers
+    from reelgen.store.db import UNWRITABLE_MESSAGE, UNWRITABLE_RETRY_SECONDS
 
     stale = timedelta(seconds=ctx.settings.lease_seconds)
     counts = ctx.db.run(lambda conn: workers.count(conn, profile=ctx.profile.name, now=ctx.clock(), stale_after=stale))
+    if ctx.db.refused_write_recently():
+        raise ReelgenError(
+            ErrorCode.SERVICE_UNAVAILABLE, UNWRITABLE_MESSAGE, headers={"Retry-After": str(UNWRITABLE_RETRY_SECONDS)}
+        )
+    with room_to_write():
+        probe = ctx.storage.temp_path(f"ready-{os.getpid()}")
+        try:
+            probe.write_bytes(b"ready")
+        finally:
+            probe.unlink(missing_ok=True)
     return {"status": "ready", "profile": ctx.profile.name, "randomWeights": ctx.profile.is_tiny, "workers": counts}

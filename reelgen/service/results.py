@@ -4,8 +4,8 @@ its owner (``?mode=proxy``) or for anyone holding a live signed link (``/files/{
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from datetime import timedelta
+from typing import Any, BinaryIO
 
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
@@ -15,18 +15,21 @@ from reelgen.service.tasks import owned_task
 from reelgen.store import tasks
 from reelgen.views import iso
 
-__all__ = ["ResultFile", "download", "result_for_owner", "result_for_token"]
+__all__ = ["S3_MAX_PRESIGN_SECONDS", "ResultFile", "download", "result_for_owner", "result_for_token"]
+
+#: The longest lifetime S3 (SigV4) allows a presigned URL.
+S3_MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
 class ResultFile:
-    """A stored result to send: ``path`` when the API can serve a local file itself, else None and
-    the route streams ``storage.open(key)`` (remote storage such as a bucket)."""
+    """A stored result to send, already open: ``file`` reads the object from its start (a local
+    file or a bucket's object alike); the caller sends ``size`` bytes of it and closes it."""
 
     key: str
     size: int
     filename: str
-    path: Path | None = None
+    file: BinaryIO
 
 
 def _no_result(row: tasks.TaskRow) -> ReelgenError:
@@ -38,24 +41,27 @@ def download(ctx: Context, account_id: str, task_id: str, base_url: str) -> dict
     if row.status != TaskStatus.COMPLETED or not row.result_key:
         raise _no_result(row)
     url, expires_at = signed_file_url(ctx, row.id, base_url)
-    presigned = ctx.storage.presigned_url(row.result_key, ctx.settings.download_url_ttl_seconds)
+    ttl = ctx.settings.download_url_ttl_seconds
+    # a bucket's presigned URL lives at most 7 days (SigV4) and never forever: past that the
+    # link is this server's own, which streams the object from the bucket
+    presigned = ctx.storage.presigned_url(row.result_key, ttl) if 0 < ttl <= S3_MAX_PRESIGN_SECONDS else None
+    if presigned is not None:
+        expires_at = ctx.clock() + timedelta(seconds=ttl)
     return {"url": presigned or url, "type": "video", "expiresAt": iso(expires_at)}
 
 
 def _result_file(ctx: Context, row: tasks.TaskRow) -> ResultFile:
+    """The task's MP4, opened. Opened here, before any byte is answered, so a result that is gone,
+    or that is not a regular file (a directory, a FIFO), is ``NO_RESULT`` rather than a broken
+    response; once open, a file removed meanwhile still reads in full."""
     if row.status != TaskStatus.COMPLETED or not row.result_key:
         raise _no_result(row)
-    filename = f"{row.id}.mp4"
-    path = ctx.storage.local_path(row.result_key)
-    if path is not None:
-        if not path.exists():
-            raise ReelgenError(ErrorCode.NO_RESULT, "The result file is not available.")
-        return ResultFile(key=row.result_key, size=path.stat().st_size, filename=filename, path=path)
     try:
         size = ctx.storage.size(row.result_key)
-    except ReelgenError:
+        file = ctx.storage.open(row.result_key)
+    except ReelgenError:  # the storages' NOT_FOUND: missing, or not a regular file
         raise ReelgenError(ErrorCode.NO_RESULT, "The result file is not available.") from None
-    return ResultFile(key=row.result_key, size=size, filename=filename)
+    return ResultFile(key=row.result_key, size=size, filename=f"{row.id}.mp4", file=file)
 
 
 def result_for_owner(ctx: Context, account_id: str, task_id: str) -> ResultFile:

@@ -17,16 +17,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from reelgen import memory, pricing, progress, webhooks
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.planning import request_loras
 from reelgen.safehttp import FetchPolicy
-from reelgen.schemas import GenerateRequest, parse_generate
+from reelgen.schemas import MAX_SEED, GenerateInput, GenerateRequest, parse_generate
 from reelgen.service.admission import limits_of
 from reelgen.service.context import Context
 from reelgen.service.links import signed_file_url
+from reelgen.service.uploads import upload_id_of
 from reelgen.store import idempotency, ledger, limits, tasks, uploads
 from reelgen.views import iso, task_object
 
@@ -60,8 +62,19 @@ KEEPALIVE_SECONDS = 15.0
 # --------------------------------------------------------------------------------------------
 # Submit
 # --------------------------------------------------------------------------------------------
-def _validated(ctx: Context, body: Any) -> tuple[GenerateRequest, int]:
-    """The parsed request and its price, or the contract's validation errors (nothing is written)."""
+@dataclass(frozen=True)
+class _Checked:
+    """A ``/generate`` body that passed every check that needs no database: the request, its price
+    and its callback URL in canonical form."""
+
+    request: GenerateRequest
+    price: int
+    callback_url: str | None
+
+
+def _validated(ctx: Context, body: Any) -> _Checked:
+    """The checks ``submit`` and ``estimate`` share before the database: the contract's parse, the
+    profile's durations, the price and the callback URL (the upload check runs in their queries)."""
     request = parse_generate(body)
     inp = request.input
     if not ctx.profile.min_duration <= inp.duration <= ctx.profile.max_duration:
@@ -78,27 +91,40 @@ def _validated(ctx: Context, body: Any) -> tuple[GenerateRequest, int]:
         )
     request_loras(inp, ctx.profile)  # LoRAs and camera moves this server offers, or INVALID_INPUT
     memory.check_fits(inp, ctx.profile)  # a request that can never fit a worker's GPU: INVALID_INPUT
-    return request, pricing.credits_for(inp, ctx.profile)
+    callback_url = None
+    if request.callback_url is not None:
+        callback_url = webhooks.validate_callback_url(request.callback_url, FetchPolicy.from_settings(ctx.settings))
+    return _Checked(request, pricing.credits_for(inp, ctx.profile), callback_url)
 
 
-def submit(ctx: Context, account_id: str, body: Any, *, idempotency_key: str | None = None) -> dict[str, Any]:
+def submit(
+    ctx: Context,
+    account_id: str,
+    body: Any,
+    *,
+    idempotency_key: str | None = None,
+    base_url: str | None = None,
+) -> dict[str, Any]:
     """Validate, price, and in ONE transaction create the task and reserve its price.
 
     With an ``idempotency_key`` the key and the response are stored in that same transaction; a
     repeat with the same body within 24 h gets the stored response (nothing new is created or
     held), one with another body gets ``IDEMPOTENCY_KEY_REUSED``. Requests refused before the
     transaction commits (validation, credits) store nothing, so a corrected retry may reuse the key.
+
+    ``base_url`` is the URL the request came in on: an ``image_urls`` entry that is a ``publicUrl``
+    of this server (``service.uploads``) is read from storage, never fetched. Kling's
+    ``external_task_id`` must be new for the account (``DUPLICATE_EXTERNAL_TASK_ID`` otherwise).
     """
     key = idempotency.validate_key(idempotency_key) if idempotency_key is not None else None
-    request, price = _validated(ctx, body)
-    inp = request.input
-    callback_url = None
-    if request.callback_url is not None:
-        callback_url = webhooks.validate_callback_url(request.callback_url, FetchPolicy.from_settings(ctx.settings))
+    checked = _validated(ctx, body)
+    request, price, callback_url = checked.request, checked.price, checked.callback_url
+    inp = _local_uploads(ctx, request.input, base_url)
     digest = idempotency.request_hash(body) if key is not None else ""
     stored_input = inp.model_dump(mode="json", exclude_none=True)
     klass = progress.request_class(ctx.profile.name, request.model, inp)
-    seed = secrets.randbelow(2**31)
+    seed = inp.seed if inp.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    external_id = inp.external_task_id
 
     def create(conn: Connection) -> tuple[dict[str, Any], bool]:
         now = ctx.clock()
@@ -106,9 +132,11 @@ def submit(ctx: Context, account_id: str, body: Any, *, idempotency_key: str | N
             replay = idempotency.begin(conn, account_id, key, digest, now)
             if replay is not None:
                 return replay.data, False
-        _check_uploads(conn, account_id, inp.image_urls)
+        _check_uploads(conn, account_id, inp.image_urls, now)
         # the cap is checked under the account lock, before the hold: a refused submit holds nothing
         limits.check_active(conn, account_id, limits_of(ctx, conn, account_id).max_active_tasks)
+        if external_id is not None and tasks.find_external(conn, account_id, external_id) is not None:
+            raise _duplicate_external(external_id)
         row = tasks.create(
             conn,
             account_id=account_id,
@@ -122,6 +150,7 @@ def submit(ctx: Context, account_id: str, body: Any, *, idempotency_key: str | N
             now=now,
             request_class=klass,
             callback_url=callback_url,
+            external_task_id=external_id,
         )
         remaining = ledger.reserve(conn, account_id, row.id, price, now)
         data = {
@@ -136,20 +165,53 @@ def submit(ctx: Context, account_id: str, body: Any, *, idempotency_key: str | N
             idempotency.finish(conn, account_id, key, 200, data, row.id)
         return data, True
 
-    data, created = ctx.db.run(create, immediate=True)
+    try:
+        data, created = ctx.db.run(create, immediate=True)
+    except IntegrityError:
+        # two submits with one external_task_id at once: the unique index let one in
+        if external_id is None:
+            raise
+        raise _duplicate_external(external_id) from None
     if created and ctx.on_submit is not None:
         ctx.on_submit()
     return data
 
 
-def _check_uploads(conn: Connection, account_id: str, image_urls: tuple[str, ...] | None) -> None:
-    """Every upload URL must name one of the caller's uploads (else ``INVALID_INPUT``)."""
+def _duplicate_external(external_id: str) -> ReelgenError:
+    return ReelgenError(
+        ErrorCode.DUPLICATE_EXTERNAL_TASK_ID,
+        f"A task with external_task_id {external_id!r} already exists for this account.",
+        details=[{"field": "input.external_task_id", "message": "already used by another task of this account"}],
+    )
+
+
+def _local_uploads(ctx: Context, inp: GenerateInput, base_url: str | None) -> GenerateInput:
+    """``inp`` with each ``publicUrl`` of this server in ``image_urls`` as its ``reelgen-upload://``
+    form, which the worker reads from storage (never over the network)."""
+    if not inp.image_urls or base_url is None:
+        return inp
+    urls = []
+    for url in inp.image_urls:
+        upload_id = upload_id_of(ctx, url, base_url)
+        urls.append(uploads.url_for(upload_id) if upload_id is not None else url)
+    return inp.model_copy(update={"image_urls": tuple(urls)})
+
+
+def _check_uploads(conn: Connection, account_id: str, image_urls: tuple[str, ...] | None, now: datetime | None) -> None:
+    """Every upload URL must name one of the caller's uploads (else ``INVALID_INPUT``); with ``now``
+    each is marked used, so the retention purge keeps it (``estimate`` checks without writing)."""
     for i, url in enumerate(image_urls or ()):
         if not url.startswith(uploads.SCHEME):
             continue
         upload_id = uploads.parse_url(url)
-        found = uploads.get(conn, upload_id) if upload_id else None
-        if found is None or found.account_id != account_id:
+        if upload_id is None:
+            owned = False
+        elif now is None:
+            found = uploads.get(conn, upload_id)
+            owned = found is not None and found.account_id == account_id
+        else:
+            owned = uploads.mark_used(conn, upload_id, account_id, now)
+        if not owned:
             message = "no such upload (use the url returned by POST /api/v1/upload)"
             raise ReelgenError(
                 ErrorCode.INVALID_INPUT,
@@ -158,14 +220,20 @@ def _check_uploads(conn: Connection, account_id: str, image_urls: tuple[str, ...
             )
 
 
-def estimate(ctx: Context, account_id: str, body: Any) -> dict[str, Any]:
-    """What ``submit`` would charge for ``body`` and how long it would likely take; writes nothing."""
-    del account_id  # prices are the same for every account; the key is still required
-    request, price = _validated(ctx, body)
+def estimate(ctx: Context, account_id: str, body: Any, base_url: str | None = None) -> dict[str, Any]:
+    """What ``submit`` would charge for ``body`` and how long it would likely take; writes nothing
+    (``base_url``: as for ``submit``, so a ``publicUrl`` of this server is checked like ``submit`` does)."""
+    checked = _validated(ctx, body)  # every check of ``submit`` (prices are the same for every account)
+    request = checked.request
     klass = progress.request_class(ctx.profile.name, request.model, request.input)
     workers = len(ctx.settings.device_list)
-    eta = ctx.db.run(lambda conn: progress.eta_for_new(conn, klass, ctx.profile.name, workers))
-    return {"model": request.model, "credits": price, "etaSeconds": eta}
+
+    def read(conn: Connection) -> int | None:
+        _check_uploads(conn, account_id, _local_uploads(ctx, request.input, base_url).image_urls, None)
+        return progress.eta_for_new(conn, klass, ctx.profile.name, workers)
+
+    eta = ctx.db.run(read)
+    return {"model": request.model, "credits": checked.price, "etaSeconds": eta}
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,8 +318,10 @@ def list_tasks(
     status: str | None = None,
     limit: int = DEFAULT_PAGE_SIZE,
     cursor: str | None = None,
+    external_task_id: str | None = None,
 ) -> dict[str, Any]:
     """The caller's tasks, newest first: ``{tasks: [...], nextCursor}`` (``nextCursor`` null on the last page).
+    ``external_task_id`` finds the task the caller gave that id (Kling's field): a page of 0 or 1.
 
     The cursor is the (created_at, id) of the last task shown, so pages stay stable while new
     tasks arrive.
@@ -265,7 +335,9 @@ def list_tasks(
 
     def read(conn: Connection) -> list[tuple[tasks.TaskRow, int | None, int | None]]:
         # one extra row says whether another page follows; a fixed number of queries per page
-        rows = tasks.list_for_account(conn, account_id, status=status, limit=limit + 1, before=before)
+        rows = tasks.list_for_account(
+            conn, account_id, status=status, limit=limit + 1, before=before, external_task_id=external_task_id
+        )
         positions = tasks.queue_positions(conn, [row.id for row in rows if row.status == TaskStatus.PENDING])
         placed = [(row, positions.get(row.id)) for row in rows]
         etas = progress.eta_for_tasks(conn, placed, workers)

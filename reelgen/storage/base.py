@@ -9,7 +9,10 @@ behind by a crashed writer are removed by ``sweep_temp``.
 
 from __future__ import annotations
 
+import errno
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -50,6 +53,28 @@ class Storage(Protocol):
     def sweep_temp(self, older_than_seconds: float) -> int:
         """Remove scratch files not modified for ``older_than_seconds``; returns how many were removed."""
         ...
+
+
+#: ``errno`` values of a disk that cannot take data now: full, over quota, mounted read-only.
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+#: ``Retry-After`` (seconds) of a write refused for want of room.
+NO_ROOM_RETRY_SECONDS = 30
+
+
+@contextmanager
+def room_to_write() -> Iterator[None]:
+    """Turn a write refused by a full or read-only disk into ``SERVICE_UNAVAILABLE`` with
+    ``Retry-After`` (a condition the operator fixes, not a bug); other ``OSError``s pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_ROOM_ERRNOS:
+            raise
+        raise ReelgenError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "Storage is full or read-only; retry later.",
+            headers={"Retry-After": str(NO_ROOM_RETRY_SECONDS)},
+        ) from exc
 
 
 def check_key(key: str) -> str:

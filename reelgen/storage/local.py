@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -77,10 +78,18 @@ class LocalStorage:
         _fsync_dir(dest.parent)
 
     def open(self, key: str) -> BinaryIO:
+        """The object's file; ``NOT_FOUND`` unless it is a regular file. Opened without blocking
+        (a FIFO in its place would otherwise wait for a writer forever), then checked by ``fstat``
+        on the open descriptor, so nothing can be swapped in between the check and the read."""
         try:
-            return self._path(key).open("rb")
-        except (FileNotFoundError, IsADirectoryError):
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ReelgenError(ErrorCode.NOT_FOUND, "No such stored object.") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ReelgenError(ErrorCode.NOT_FOUND, "No such stored object.")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
 
     def size(self, key: str) -> int:
         path = self._path(key)

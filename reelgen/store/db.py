@@ -12,6 +12,10 @@ On PostgreSQL transactions are ordinary READ COMMITTED ones; the ledger locks th
 Transient failures (SQLite busy/locked, PostgreSQL serialization failures, deadlocks, dropped
 connections) are retried a few times with backoff; once retries run out the caller gets
 ``ReelgenError(SERVICE_UNAVAILABLE)``, never a raw driver error.
+
+A database that cannot take writes (disk full, read-only file or server, I/O error) is not retried:
+the caller gets ``SERVICE_UNAVAILABLE`` with ``Retry-After`` at once, and the ``Database`` remembers
+the refusal (``refused_write``), so readiness reports it until a write succeeds again.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ if TYPE_CHECKING:
 
     from reelgen.config import Settings
 
-__all__ = ["BUSY_MESSAGE", "Database", "is_transient", "upgrade"]
+__all__ = ["BUSY_MESSAGE", "UNWRITABLE_MESSAGE", "Database", "is_transient", "is_unwritable", "upgrade"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -46,6 +50,14 @@ _SQLITE_LOCKED = 6
 # PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock, lock not available,
 # admin/crash shutdown, cannot connect now; class 08 (connection exceptions) is matched by prefix.
 _PG_TRANSIENT = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03"})
+# SQLite result codes of a database that cannot be written: read-only, I/O error, disk full
+_SQLITE_UNWRITABLE = frozenset({8, 10, 13})
+# PostgreSQL: read-only transaction, class 53 (insufficient resources: disk full, out of memory),
+# I/O error
+_PG_UNWRITABLE = frozenset({"25006", "58030"})
+UNWRITABLE_MESSAGE = "The database cannot store anything now (disk full or read-only); retry later."
+#: ``Retry-After`` of a refused write, and how long readiness reports it without a later success.
+UNWRITABLE_RETRY_SECONDS = 30
 
 
 class Database:
@@ -73,6 +85,9 @@ class Database:
                 f"unsupported database {parsed.drivername!r}: use sqlite:///PATH or postgresql+psycopg://...",
             )
         self.url: str = parsed.render_as_string(hide_password=False)
+        #: ``time.monotonic()`` of the last write the database refused (disk full, read-only); None
+        #: once a write transaction has committed since
+        self.write_refused_at: float | None = None
         self.is_sqlite: bool = backend == "sqlite"
         self.retries = max(1, retries)
         if self.is_sqlite:
@@ -154,9 +169,12 @@ class Database:
             with self._begin(immediate) as conn:
                 yield conn
         except Exception as exc:
+            self._refuse_if_unwritable(exc)
             if is_transient(exc):
                 raise ReelgenError(ErrorCode.SERVICE_UNAVAILABLE, BUSY_MESSAGE) from exc
             raise
+        if immediate:
+            self.write_refused_at = None
 
     def run(self, fn: Callable[[Connection], T], *, immediate: bool = False) -> T:
         """Call ``fn(conn)`` inside one transaction and return its result.
@@ -172,8 +190,11 @@ class Database:
                 with self._begin(immediate) as conn:
                     result = fn(conn)
                     committing = True
+                if immediate:
+                    self.write_refused_at = None
                 return result
             except Exception as exc:
+                self._refuse_if_unwritable(exc)
                 if not is_transient(exc):
                     raise
                 if committing and _is_disconnect(exc):
@@ -186,6 +207,24 @@ class Database:
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 3, 1.0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _refuse_if_unwritable(self, exc: Exception) -> None:
+        """``SERVICE_UNAVAILABLE`` with ``Retry-After`` (remembered) if ``exc`` says the database
+        cannot be written now; otherwise nothing."""
+        if is_unwritable(exc):
+            self.write_refused_at = time.monotonic()
+            log.error("the database refused a write: %s", _driver_error(exc))
+            raise ReelgenError(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                UNWRITABLE_MESSAGE,
+                headers={"Retry-After": str(UNWRITABLE_RETRY_SECONDS)},
+            ) from exc
+
+    def refused_write_recently(self) -> bool:
+        """Whether a write was refused (disk full, read-only) within ``UNWRITABLE_RETRY_SECONDS``
+        and none has committed since."""
+        refused = self.write_refused_at
+        return refused is not None and time.monotonic() - refused < UNWRITABLE_RETRY_SECONDS
 
     def dispose(self) -> None:
         """Close every pooled connection (call at shutdown, and in a child after fork)."""
@@ -258,6 +297,19 @@ def _is_disconnect(exc: BaseException) -> bool:
     if psycopg is not None and isinstance(orig, psycopg.OperationalError):
         state = getattr(orig, "sqlstate", None)
         return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+    return False
+
+
+def is_unwritable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot store anything now (disk full, read-only, I/O)."""
+    orig = _driver_error(exc)
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", 0) & 0xFF
+        return code in _SQLITE_UNWRITABLE
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(orig, psycopg.Error):
+        state = getattr(orig, "sqlstate", None) or ""
+        return state in _PG_UNWRITABLE or state.startswith("53")
     return False
 
 

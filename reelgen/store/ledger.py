@@ -14,20 +14,31 @@ finish a no-op, and the check under the account lock refuses the other resolutio
 Every function takes the caller's connection and runs inside its transaction; on SQLite call them
 in an immediate transaction (``db.run(fn, immediate=True)``), on PostgreSQL the account row is
 locked with ``SELECT ... FOR NO KEY UPDATE`` before any balance is read.
+
+Amounts are bounded: no grant, price or balance exceeds ``schemas.MAX_CREDITS``, so every column
+and sum stays an exact integer on both databases; ``check`` reads any data without failing.
+
+Over 400 lines because the movements and their audit (``check``, invariants I1-I5) share one
+table of entries (``_ENTRIES``): splitting them would let the two drift apart.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, case, func, insert, literal, or_, select, update
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.store.tables import accounts, ledger_entries, movements, tasks
+from reelgen.schemas import MAX_CREDITS
+from reelgen.store.tables import BUCKETS, accounts, ledger_entries, movements, tasks
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, Select
@@ -67,13 +78,15 @@ def _positive_amount(amount: int) -> int:
         raise ReelgenError(
             ErrorCode.INVALID_INPUT, f"amount must be a positive whole number of credits (got {amount!r})"
         )
+    if amount > MAX_CREDITS:
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"amount must be at most {MAX_CREDITS} credits (got {amount})")
     return amount
 
 
-def _lock_account(conn: Connection, account_id: str) -> tuple[int, int] | None:
-    """(available, reserved) of the account, locked until the transaction ends; None if unknown."""
+def _lock_account(conn: Connection, account_id: str) -> tuple[int, int, int] | None:
+    """(available, reserved, granted) of the account, locked until the transaction ends; None if unknown."""
     row = conn.execute(
-        select(accounts.c.available, accounts.c.reserved)
+        select(accounts.c.available, accounts.c.reserved, accounts.c.granted)
         .where(accounts.c.id == account_id)
         # PostgreSQL: FOR NO KEY UPDATE, not FOR UPDATE. Inserting a task or movement takes a KEY
         # SHARE lock on this row (the foreign key); FOR UPDATE conflicts with it, so two submits
@@ -81,7 +94,7 @@ def _lock_account(conn: Connection, account_id: str) -> tuple[int, int] | None:
         # the clause: there the immediate transaction already serialises writers.
         .with_for_update(key_share=True)
     ).one_or_none()
-    return None if row is None else (int(row.available), int(row.reserved))
+    return None if row is None else (int(row.available), int(row.reserved), int(row.granted))
 
 
 def _post(conn: Connection, kind: str, account_id: str, task_id: str | None, amount: int, now: datetime) -> None:
@@ -121,8 +134,18 @@ def _post(conn: Connection, kind: str, account_id: str, task_id: str | None, amo
 def grant(conn: Connection, account_id: str, amount: int, now: datetime) -> None:
     """Add ``amount`` credits to the account's available balance."""
     _positive_amount(amount)
-    if _lock_account(conn, account_id) is None:
+    locked = _lock_account(conn, account_id)
+    if locked is None:
         raise ReelgenError(ErrorCode.ACCOUNT_NOT_FOUND, f"no account {account_id!r}")
+    available, _, granted = locked
+    # every balance is bounded: a grant may not carry the balance, nor the account's lifetime
+    # grants (which bound what it can ever spend), past MAX_CREDITS
+    if available + amount > MAX_CREDITS or granted + amount > MAX_CREDITS:
+        raise ReelgenError(
+            ErrorCode.INVALID_INPUT,
+            f"granting {amount} credits would take account {account_id} past the limit of {MAX_CREDITS} "
+            f"credits (available {available}, granted so far {granted})",
+        )
     _post(conn, "grant", account_id, None, amount, now)
 
 
@@ -193,11 +216,42 @@ def balance(conn: Connection, account_id: str) -> Balance:
     return Balance(int(row.available), int(row.reserved), int(row.captured), int(row.granted))
 
 
+class _ledger_sum(FunctionElement[Any]):
+    """SUM that cannot fail: SQLite's ``sum`` raises "integer overflow" past 2**63 (a corrupt or
+    pre-limit ledger), so there it is ``total`` (a float, exact for every bounded balance);
+    PostgreSQL's ``sum`` of a BIGINT is an exact NUMERIC already."""
+
+    inherit_cache = True
+    name = "ledger_sum"
+
+
+@compiles(_ledger_sum)
+def _sum_sql(element: _ledger_sum, compiler: Any, **kw: Any) -> str:
+    return f"sum({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_ledger_sum, "sqlite")
+def _total_sql(element: _ledger_sum, compiler: Any, **kw: Any) -> str:
+    return f"total({compiler.process(element.clauses, **kw)})"
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as a whole number of credits, or None when it is not one (a float with a fraction,
+    text, NULL: what a damaged SQLite file may hold, whatever the column's declared type)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float | Decimal) and math.isfinite(value) and value == int(value):
+        return int(value)
+    return None
+
+
 @functools.cache
 def _sums_query() -> Select[Any]:
     owner = func.coalesce(ledger_entries.c.account_id, movements.c.account_id)
     return (
-        select(owner.label("owner"), ledger_entries.c.bucket, func.sum(ledger_entries.c.amount))
+        select(owner.label("owner"), ledger_entries.c.bucket, _ledger_sum(ledger_entries.c.amount))
         .select_from(ledger_entries.join(movements, movements.c.id == ledger_entries.c.movement_id))
         .group_by(owner, ledger_entries.c.bucket)
     )
@@ -215,7 +269,9 @@ def _entry_sums(conn: Connection, account_id: str | None = None) -> dict[str, di
         )
     sums: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for owner_id, bucket, total in conn.execute(stmt):
-        sums[owner_id][bucket] = int(total)
+        # a float total of a damaged ledger is rounded; _check_values names the damaged rows
+        whole = _whole(total)
+        sums[owner_id][bucket] = whole if whole is not None else round(float(total))
     return sums
 
 
@@ -236,8 +292,33 @@ def balance_from_entries(conn: Connection, account_id: str) -> Balance:
 
 
 def check(conn: Connection) -> list[str]:
-    """Every violation of the ledger invariants I1-I4, in words; an empty list means healthy."""
-    return [*_check_balances(conn), *_check_movements(conn), *_check_holds(conn)]
+    """Every violation of the ledger invariants I1-I5, in words; an empty list means healthy.
+
+    Reads any data without failing: values that are not whole numbers of credits, or are beyond
+    ``MAX_CREDITS`` (I5), are reported, and the sums behind I1-I4 cannot overflow."""
+    return [*_check_values(conn), *_check_balances(conn), *_check_movements(conn), *_check_holds(conn)]
+
+
+def _out_of_range(col: ColumnElement[Any], low: int) -> ColumnElement[bool]:
+    """SQL: ``col`` is NULL, below ``low``, above ``MAX_CREDITS`` or not whole (SQLite's columns
+    hold whatever was stored; text compares above every number there)."""
+    return or_(col.is_(None), col < low, col > MAX_CREDITS, col != func.round(col))
+
+
+def _check_values(conn: Connection) -> list[str]:
+    """I5: every amount and balance is a whole number of credits within the limits."""
+    problems: list[str] = []
+    checks: list[tuple[str, Any, ColumnElement[Any], int]] = [
+        *((f"account {{}}: cached {name}", accounts.c.id, accounts.c[name], 0) for name in BUCKETS),
+        ("movement {}: amount", movements.c.id, movements.c.amount, 1),
+        ("ledger entry {}: amount", ledger_entries.c.id, func.abs(ledger_entries.c.amount), 1),
+        ("task {}: price", tasks.c.id, tasks.c.price, 1),
+    ]
+    for what, key, col, low in checks:
+        stmt = select(key, col).where(_out_of_range(col, low)).order_by(key).limit(100)
+        for row_id, value in conn.execute(stmt):
+            problems.append(f"I5 {what.format(row_id)} is {value!r}, not a whole number of credits {low}-{MAX_CREDITS}")
+    return problems
 
 
 def _check_balances(conn: Connection) -> list[str]:
@@ -247,7 +328,10 @@ def _check_balances(conn: Connection) -> list[str]:
     known: set[str] = set()
     for row in conn.execute(select(accounts).order_by(accounts.c.id)):
         known.add(row.id)
-        cached = Balance(int(row.available), int(row.reserved), int(row.captured), int(row.granted))
+        values = [_whole(row._mapping[name]) for name in ("available", "reserved", "captured", "granted")]
+        if any(v is None for v in values):
+            continue  # reported by I5
+        cached = Balance(*(int(v) for v in values if v is not None))
         derived = _from_sums(sums.get(row.id, {}))
         for name in ("available", "reserved", "captured", "granted"):
             have, want = getattr(cached, name), getattr(derived, name)
@@ -284,7 +368,7 @@ def _movement_problems_query() -> Select[Any]:
     """Movements whose entries are not exactly the two their kind prescribes."""
     fits = or_(*(_entry_fits(kind) for kind in _ENTRIES))
     n = func.count(ledger_entries.c.id)
-    total = func.coalesce(func.sum(ledger_entries.c.amount), 0)
+    total = func.coalesce(_ledger_sum(ledger_entries.c.amount), 0)
     misfits = func.coalesce(func.sum(case((fits, 0), else_=1)), 0)
     return (
         select(movements.c.id, movements.c.kind, n.label("n"), total.label("total"), misfits.label("misfits"))
@@ -318,7 +402,7 @@ def _count(kind: str) -> ColumnElement[int]:
 @functools.cache
 def _hold_problems_query() -> Select[Any]:
     """Tasks whose movements do not match their state: the SQL form of I4."""
-    held = func.coalesce(func.sum(case((movements.c.kind == "reserve", movements.c.amount), else_=0)), 0)
+    held = func.coalesce(_ledger_sum(case((movements.c.kind == "reserve", movements.c.amount), else_=0)), 0)
     per_task = (
         select(
             movements.c.task_id,

@@ -44,6 +44,7 @@ __all__ = [
     "metadata",
     "movements",
     "tasks",
+    "upload_slots",
     "uploads",
     "webhook_deliveries",
     "webhook_endpoints",
@@ -161,6 +162,8 @@ tasks = Table(
     # model, mode, duration bucket and audio: the runs an ETA is learned from (migration 0002)
     Column("request_class", String(200), nullable=True),
     Column("callback_url", Text, nullable=True),  # where the end of the task is POSTed (migration 0003)
+    # Kling's ``external_task_id``: the caller's own id of the task, unique per account (migration 0006)
+    Column("external_task_id", String(128), nullable=True),
     CheckConstraint(_in("status", TASK_STATUSES), name="status_known"),
     CheckConstraint("progress >= 0 AND progress <= 100", name="progress_range"),
     CheckConstraint("price > 0", name="price_positive"),
@@ -168,6 +171,7 @@ tasks = Table(
     Index("ix_tasks_status_created_at", "status", "created_at"),
     Index("ix_tasks_account_id_created_at", "account_id", "created_at"),
     Index("ix_tasks_request_class_completed_at", "request_class", "completed_at"),
+    Index("ix_tasks_account_id_external_task_id", "account_id", "external_task_id", unique=True),
 )
 
 # An Idempotency-Key and the first response it got, written in the transaction that created the
@@ -280,6 +284,24 @@ uploads = Table(
     Column("width", Integer, nullable=False),
     Column("height", Integer, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # when a task first named it (migration 0006); never-used uploads are purged after the retention
+    Column("used_at", UTCDateTime(), nullable=True),
+    Index("ix_uploads_used_at_created_at", "used_at", "created_at"),
+)
+
+# Presigned uploads waiting for their bytes (migration 0006): ``POST /api/v1/upload`` with
+# ``{contentType, sizeBytes}`` makes one; the signed ``PUT`` claims it (once) and stores the upload
+# under the same id. Unclaimed slots past ``expires_at`` are purged with their (partial) object.
+upload_slots = Table(
+    "upload_slots",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("content_type", String(32), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    Column("claimed_at", UTCDateTime(), nullable=True),
 )
 
 # Workers that serve a profile (migration 0010): ``loading`` while the engine loads and warms up,

@@ -17,6 +17,7 @@ invariant in one place.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, RowMapping
 
 __all__ = [
+    "TASK_ID",
     "TaskRow",
     "cancel",
     "claim",
@@ -45,9 +47,11 @@ __all__ = [
     "create",
     "expire_holds",
     "fail",
+    "find_external",
     "get",
     "hand_back",
     "heartbeat",
+    "is_task_id",
     "list_for_account",
     "queue_position",
     "queue_positions",
@@ -92,6 +96,7 @@ class TaskRow:
     error_message: str | None
     request_class: str | None = None
     callback_url: str | None = None
+    external_task_id: str | None = None
 
 
 def _row(m: RowMapping) -> TaskRow:
@@ -122,6 +127,7 @@ def _row(m: RowMapping) -> TaskRow:
         error_message=m["error_message"],
         request_class=m["request_class"],
         callback_url=m["callback_url"],
+        external_task_id=m["external_task_id"],
     )
 
 
@@ -160,19 +166,24 @@ def create(
     task_id: str | None = None,
     request_class: str | None = None,
     callback_url: str | None = None,
+    external_task_id: str | None = None,
 ) -> TaskRow:
     """Insert a pending task. Reserve its price with ``ledger.reserve`` in the same transaction
     (before or after: the hold's reference to the task is checked at commit).
 
     ``task_id`` defaults to a new random UUID4 hex (122 random bits); pass one only to reserve first.
     ``request_class`` groups tasks whose run times predict each other's (see ``recent_run_seconds``);
-    ``callback_url`` is owed a webhook when the task ends (see ``store.webhooks``).
+    ``callback_url`` is owed a webhook when the task ends (see ``store.webhooks``);
+    ``external_task_id`` is the caller's own id of the task (unique per account: a duplicate raises
+    ``IntegrityError``; check ``find_external`` first under the account lock).
     """
     if isinstance(price, bool) or not isinstance(price, int) or price <= 0:
         raise ValueError(f"price must be a positive number of credits (got {price!r})")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1 (got {max_attempts})")
     task_id = task_id or uuid.uuid4().hex
+    if not is_task_id(task_id):
+        raise ValueError(f"not a task id: {task_id!r}")
     conn.execute(
         insert(tasks).values(
             id=task_id,
@@ -191,6 +202,7 @@ def create(
             created_at=now,
             request_class=request_class,
             callback_url=callback_url,
+            external_task_id=external_task_id,
         )
     )
     task = get(conn, task_id)
@@ -198,7 +210,19 @@ def create(
     return task
 
 
+#: What a task id may be: ids are UUID4 hex, and callers may pass their own of this shape.
+TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_task_id(task_id: str) -> bool:
+    """Whether ``task_id`` could name a task. Anything else (a NUL, which PostgreSQL refuses in
+    text, non-ASCII, a path of any length) is unknown without a query."""
+    return TASK_ID.fullmatch(task_id) is not None
+
+
 def get(conn: Connection, task_id: str) -> TaskRow | None:
+    if not is_task_id(task_id):
+        return None
     row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one_or_none()
     return None if row is None else _row(row._mapping)
 
@@ -523,8 +547,10 @@ def list_for_account(
     status: TaskStatus | str | None = None,
     limit: int = 20,
     before: tuple[datetime, str] | None = None,
+    external_task_id: str | None = None,
 ) -> list[TaskRow]:
-    """The account's tasks, newest first; ``before`` = (created_at, id) of the last row seen."""
+    """The account's tasks, newest first; ``before`` = (created_at, id) of the last row seen;
+    ``external_task_id`` keeps only the task the caller gave that id (at most one)."""
     stmt = (
         select(tasks)
         .where(tasks.c.account_id == account_id)
@@ -533,6 +559,8 @@ def list_for_account(
     )
     if status is not None:
         stmt = stmt.where(tasks.c.status == TaskStatus(status).value)
+    if external_task_id is not None:
+        stmt = stmt.where(tasks.c.external_task_id == external_task_id)
     if before is not None:
         created_at, last_id = before
         stmt = stmt.where(
@@ -542,6 +570,14 @@ def list_for_account(
             )
         )
     return [_row(r._mapping) for r in conn.execute(stmt)]
+
+
+def find_external(conn: Connection, account_id: str, external_task_id: str) -> str | None:
+    """The id of the account's task with this ``external_task_id``, if any."""
+    found = conn.execute(
+        select(tasks.c.id).where(tasks.c.account_id == account_id, tasks.c.external_task_id == external_task_id)
+    ).scalar_one_or_none()
+    return None if found is None else str(found)
 
 
 def count_active(conn: Connection, account_id: str) -> int:
