@@ -10,6 +10,9 @@ A mode has one or two stages. Stage 1 runs at half the generation size when ther
 (the latent upsampler doubles it); each stage has explicit ``sigmas`` or ``steps`` (the reference
 ``LTX2Scheduler`` schedule, ``reelgen.schedules``), optional guidance (diffusers' keyword names;
 absent keys mean "unguided") and the LoRAs active while it runs.
+
+Why one module over 400 lines: a profile is checked as a whole (a stage's LoRAs, the camera table
+and the generation refer to each other), so its reading and every rule on it stay together.
 """
 
 from __future__ import annotations
