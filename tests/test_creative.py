@@ -20,7 +20,7 @@ from reelgen.engines import Engine, load_engine
 from reelgen.engines.base import Clip
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.profiles import Profile, get_profile, load_profiles
-from reelgen.schemas import GenerateInput, parse_generate
+from reelgen.schemas import CAMERA_MOVES, GenerateInput, parse_generate
 from tests.test_worker import GRANT, PRICE, Rig, _claim, _make_rig
 
 T2V = "kling-3-0-text-to-video"
@@ -383,3 +383,18 @@ def test_a_request_that_can_never_fit_is_refused_at_submit(ctx: Any, tmp_path: P
             "credits": 10_000 - PRICE,
             "reserved": PRICE,
         }
+
+
+def test_the_openapi_document_states_this_servers_offer(req_client: Any, client: Any) -> None:
+    def inputs(c: Any) -> list[dict[str, Any]]:
+        doc = c.get("/openapi.json").json()
+        variants = doc["components"]["schemas"]["GenerateRequest"]["oneOf"]
+        return [v["properties"]["input"]["properties"] for v in variants]
+
+    for props in inputs(req_client):
+        assert props["loras"]["maxItems"] == 2
+        assert props["loras"]["items"]["properties"]["name"] == {"enum": ["broken", "ink", "style"]}
+        assert props["camera_control"]["properties"]["type"] == {"enum": list(CAMERA_MOVES)}
+    for props in inputs(client):  # ltx-2-tiny: camera LoRAs, no LoRAs by name
+        assert props["loras"]["maxItems"] == 0
+        assert props["camera_control"]["properties"]["type"] == {"enum": list(CAMERA_MOVES)}
