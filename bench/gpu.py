@@ -54,6 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--stock-steps", type=int, default=None, help="stock steps to run (default 30, --quick 3)")
     ap.add_argument("--stage1-steps", type=int, default=None, help="professional stage-1 steps to run (default all)")
     ap.add_argument("--accel", default="", help="comma list of cache, compile, fp8: extra runs with those switches")
+    ap.add_argument(
+        "--devices",
+        default="",
+        help="a device group, e.g. cuda:0,cuda:1: the professional run again on the group (one process each), "
+        "with its scaling over --device",
+    )
+    ap.add_argument("--parallel", default=None, help="with --devices: cfg=N,ulysses=N,ring=N (default cfg=N)")
     ap.add_argument("--out", default="bench-gpu.json")
     return ap.parse_args(argv)
 
@@ -178,6 +185,7 @@ def reelgen_run(
         "size": f"{job.width}x{job.height} (generated {job.generation_width}x{job.generation_height})",
         "steps_planned": planned,
         "seconds": round(total, 2),
+        "seconds_measured": round(c.seconds, 2),
         "extrapolated": extrapolated,
         "stages_s": {k: round(v, 3) for k, v in stages.items()},
         "transformer_forwards": c.forwards,
@@ -232,6 +240,51 @@ def accelerated(engine: Any, profile: Any, switches: list[str], stage1: int | No
     return runs
 
 
+def trimmed_job(profile: Any, mode: str, seconds: int, stage1_steps: int | None) -> Any:
+    """The bench's job for ``mode``: its stage 1 cut to ``stage1_steps`` when given (as ``reelgen_run``)."""
+    from reelgen.domain import plan
+    from reelgen.schemas import GenerateInput
+
+    inp = GenerateInput(prompt="a red fox runs through fresh snow at dawn", duration=seconds, mode=mode)  # type: ignore[arg-type]
+    job = plan(inp, profile, seed=0)
+    if stage1_steps:
+        seg = job.segments[0]
+        one = replace(seg.stages[0], sigmas=seg.stages[0].sigmas[:stage1_steps])
+        job = replace(job, segments=(replace(seg, stages=(one, *seg.stages[1:])),))
+    return job
+
+
+def group_run(profile: Any, devices: list[str], flag: str | None, stage1: int | None, single: dict[str, Any]) -> Any:
+    """The professional run on a device group (``reelgen.devicegroup``) against ``single``, the same
+    run on one device: seconds, the transformer calls split across the group, scaling and PSNR."""
+    from reelgen.devicegroup import render_on_group
+    from reelgen.engines.parallel import ParallelSpec
+
+    spec = ParallelSpec.of(profile, flag, devices)
+    job = trimmed_job(profile, "professional", 5, stage1)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "group.mp4"
+        render_on_group(profile, job, out, devices, spec)  # warm-up: the ranks' first calls, not reported
+        result = render_on_group(profile, job, out, devices, spec)
+        frames = frames_of(out)
+    seconds = result.generate_seconds
+    return {
+        "name": f"reelgen professional 5 s on {','.join(devices)} ({spec.as_text()})",
+        "size": single["size"],
+        "seconds": seconds,
+        "extrapolated": False,
+        "single_device_seconds": single["seconds_measured"],
+        "scaling": round(single["seconds_measured"] / seconds, 2) if seconds else None,
+        "ideal_scaling_of_the_split_calls": spec.cfg,
+        "split_calls": result.split_calls,
+        "whole_calls": result.whole_calls,
+        "transformer_rows": single["transformer_rows"],
+        "peak_gib": None,
+        "output": result.info,
+        "psnr_vs_baseline_db": psnr(frames, single["_frames"]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import diffusers
@@ -258,17 +311,28 @@ def main(argv: list[str] | None = None) -> int:
         memory |= {"name": "reelgen professional 15 s (memory probe: 2 stage-1 steps)", "seconds": None}
         runs.append(memory)
     runs += accelerated(engine, profile, [a for a in args.accel.split(",") if a], stage1, baseline)
+    device_name = torch.cuda.get_device_name(engine.device) if cuda else platform.processor() or platform.machine()
+    if args.devices:
+        from reelgen.engines.parallel import parse_devices
+
+        group = parse_devices(args.devices)
+        professional = next(r for r in runs if r["name"] == "reelgen professional 5 s")
+        del engine  # the group's ranks load their own copies
+        if cuda:
+            torch.cuda.empty_cache()
+        runs.append(group_run(profile, group, args.parallel, stage1, professional))
     for r in runs:
         r.pop("_frames", None)
+        r.pop("seconds_measured", None)
     base = runs[0]["seconds"]
     for r in runs[1:]:
-        if r["seconds"]:
+        if r["seconds"] and "scaling" not in r:  # a group run is compared with one device, not stock
             r["speedup_vs_stock"] = round(base / r["seconds"], 2)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "profile": profile.name,
         "generation": profile.generation,
-        "device": torch.cuda.get_device_name(engine.device) if cuda else platform.processor() or platform.machine(),
+        "device": device_name,
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         "command": " ".join(["python", "bench/gpu.py", *(argv if argv is not None else sys.argv[1:])]),
         "load_s": round(load_s, 1),
@@ -281,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"  x{r['speedup_vs_stock']} vs stock" if "speedup_vs_stock" in r else ""
         rows = r["transformer_rows"]
         delta = f"  PSNR {r['psnr_vs_baseline_db']} dB" if r.get("psnr_vs_baseline_db") is not None else ""
+        if r.get("scaling") is not None:
+            delta += f"  x{r['scaling']} vs one device"
         print(f"  {r['name']:<58} {r['size']:<34} {secs:>18}  rows {rows}  peak {r['peak_gib']} GiB{ratio}{delta}")
     print(f"wrote {args.out}")
     return 0

@@ -26,6 +26,7 @@ _SETTING_FLAGS = (
     "weights",
     "load_format",
     "devices",
+    "parallel",
     "executor",
     "ray_address",
     "public_base_url",
@@ -85,6 +86,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # a bad profile stops here, never mid-task. With Ray the weights live on the GPU nodes, where
         # each engine actor runs the same check when it loads.
         check_profile(profile, settings.load_format)
+        from reelgen.executor.local import worker_devices
+
+        worker_devices(settings)  # a device group this build cannot form stops here, not in a restart loop
         acc = profile.acceleration
         if acc.fp8 != "off" or acc.video_encoder == "h264_nvenc":  # switches that need the devices' hardware
             from reelgen.engines.acceleration import check_acceleration

@@ -133,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles-file", help="an operator's own profiles TOML")
     p.add_argument("--weights", help="weights directory (diffusers layout) or hub id")
     p.add_argument("--load-format", choices=["auto", "dummy"], help="dummy = full-size random weights")
-    p.add_argument("--devices", help="cpu, or cuda:0,cuda:1 (one worker per device)")
+    p.add_argument("--devices", help="cpu, or cuda:0,cuda:1 (one worker per device, or per group with --parallel)")
+    p.add_argument(
+        "--parallel", help="cfg=N,ulysses=N,ring=N: each task on a group of that many devices (cpu may repeat)"
+    )
     p.add_argument(
         "--executor",
         choices=["local", "ray", "none"],
@@ -201,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="with --local: cpu or cuda:N (default: cuda:0 if present)")
     p.add_argument("--seed", type=int, default=None, help="the generation seed (default: random; 0 with --local)")
     p.add_argument(
+        "--devices",
+        default=None,
+        help="with --local: one task on a device group, e.g. cuda:0,cuda:1 or cpu,cpu (one process each)",
+    )
+    p.add_argument(
+        "--parallel",
+        default=None,
+        help="with --devices: cfg=N,ulysses=N,ring=N (default: the profile's parallel, else cfg=len(devices))",
+    )
+    p.add_argument(
         "--plan",
         action="store_true",
         help="print the plan of the request as JSON (stages, sizes, sigmas, guidance, LoRAs, conditions) "
@@ -239,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="the server's models and prices")
     _add_server_args(p)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("mcp", help="an MCP server on stdin/stdout for AI agents, talking to a reelgen server")
+    _add_server_args(p)
     return parser
 
 
@@ -436,7 +452,15 @@ def _user_verb(args: argparse.Namespace) -> Any:
         return cmd_generate
     if args.command == "credits" and args.action is None:
         return cmd_credits
-    return {"tasks": cmd_tasks, "models": cmd_models, "upload": cmd_upload}.get(args.command)
+    return {"tasks": cmd_tasks, "models": cmd_models, "upload": cmd_upload, "mcp": cmd_mcp}.get(args.command)
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """``reelgen mcp``: serve MCP on stdio until the client closes it (``reelgen/doors/mcp_tools.py``)."""
+    from reelgen.doors.mcp_tools import run_stdio
+
+    run_stdio(args.api_key, args.server)
+    return 0
 
 
 def _one_line(text: str) -> str:

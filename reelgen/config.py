@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(default=None, description="Ray cluster to join; default: start a local one")
     ray_actors: int = Field(default=0, ge=0, description="engine actors; 0 = one per GPU in the Ray cluster")
     devices: str = "cpu"
+    parallel: str | None = Field(
+        default=None,
+        description="one task on a group of devices: cfg=N,ulysses=N,ring=N (docs/deploy.md, 'One task on N GPUs')",
+    )
     lease_seconds: float = Field(default=30.0, gt=0)
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="must be shorter than lease_seconds")
     max_attempts: int = 3

@@ -139,14 +139,75 @@ def print_plan(args: argparse.Namespace) -> int:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    """``reelgen generate PROMPT --local ...``: validate, plan, load the engine, render, report."""
-    from reelgen.engines import load_engine
-    from reelgen.generation import RANDOM_WEIGHTS_WARNING, render
+    """``reelgen generate PROMPT --local ...``: validate, plan, load the engine, render, report.
+
+    With ``--devices a,b,...`` the task runs on a device group (``reelgen.devicegroup``): one process
+    per device, the transformer's work shared as ``--parallel`` (or the profile's ``parallel``) says."""
+    from reelgen.engines.parallel import ParallelSpec, parse_devices
+    from reelgen.generation import RANDOM_WEIGHTS_WARNING
 
     request, profile, job = _planned(args)
     out = Path(args.output) if args.output else output_path(request.input.prompt)
+    devices = parse_devices(getattr(args, "devices", None))
+    extra: dict[str, Any] = {}
+    if len(devices) > 1:
+        from reelgen.devicegroup import render_on_group
+
+        spec = ParallelSpec.of(profile, getattr(args, "parallel", None), devices)
+        show = not args.json and sys.stderr.isatty()
+        result = render_on_group(profile, job, out, devices, spec, args.load_format, show)
+        if result.random_weights:
+            print(RANDOM_WEIGHTS_WARNING.format(source=result.source), file=sys.stderr)
+        media, load_s, gen_s, random_weights = (
+            result.info,
+            result.load_seconds,
+            result.generate_seconds,
+            result.random_weights,
+        )
+        extra = {
+            "devices": devices,
+            "parallel": spec.as_text(),
+            "split_calls": result.split_calls,
+            "scheduled_calls": result.scheduled_calls,
+            "ahead_calls": result.ahead_calls,
+        }
+    else:
+        media, load_s, gen_s, random_weights = _render_here(
+            args, job, profile, out, devices[0] if devices else args.device
+        )
+    summary = {
+        "path": str(out),
+        "model": request.model,
+        "profile": profile.name,
+        "seed": _seed(args),
+        "random_weights": random_weights,
+        **media,
+        "load_seconds": round(load_s, 3),
+        "generate_seconds": round(gen_s, 3),
+        **extra,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        audio = f", audio {media['sample_rate']} Hz" if media["has_audio"] else ", no audio"
+        print(
+            f"wrote {out}: {media['duration']:.2f} s, {media['width']}x{media['height']} @ {media['fps']:g} fps, "
+            f"{len(job.segments)} shot(s){audio} ({gen_s:.1f} s)"
+        )
+        if random_weights:
+            print("note: random weights — the content is noise.")
+    return 0
+
+
+def _render_here(
+    args: argparse.Namespace, job: Job, profile: Profile, out: Path, device: str | None
+) -> tuple[dict[str, Any], float, float, bool]:
+    """One process, one device: load, render; (media facts, load seconds, generate seconds, random weights)."""
+    from reelgen.engines import load_engine
+    from reelgen.generation import RANDOM_WEIGHTS_WARNING, render
+
     t0 = time.perf_counter()
-    engine = load_engine(profile, device=args.device, load_format=args.load_format)
+    engine = load_engine(profile, device=device, load_format=args.load_format)
     load_s = time.perf_counter() - t0
     if engine.random_weights:
         print(RANDOM_WEIGHTS_WARNING.format(source=getattr(engine, "source", "random")), file=sys.stderr)
@@ -158,25 +219,4 @@ def run_local(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     info = render(job, engine, out, progress)
-    gen_s = time.perf_counter() - t0
-    summary = {
-        "path": str(out),
-        "model": request.model,
-        "profile": profile.name,
-        "seed": _seed(args),
-        "random_weights": engine.random_weights,
-        **info.as_dict(),
-        "load_seconds": round(load_s, 3),
-        "generate_seconds": round(gen_s, 3),
-    }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        audio = f", audio {info.sample_rate} Hz" if info.has_audio else ", no audio"
-        print(
-            f"wrote {out}: {info.duration:.2f} s, {info.width}x{info.height} @ {info.fps:g} fps, "
-            f"{len(job.segments)} shot(s){audio} ({gen_s:.1f} s)"
-        )
-        if engine.random_weights:
-            print("note: random weights — the content is noise.")
-    return 0
+    return info.as_dict(), load_s, time.perf_counter() - t0, engine.random_weights

@@ -100,7 +100,9 @@ def _exit(status: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reelgen.worker", description="one reelgen worker for one device")
-    p.add_argument("--device", required=True, help="cpu or cuda:N")
+    p.add_argument(
+        "--device", required=True, help="cpu or cuda:N; a comma list runs a device group (reelgen.groupworker)"
+    )
     p.add_argument("--worker-id", required=True, help="unique id recorded on the tasks this worker claims")
     p.add_argument(
         "--parent-pipe",
@@ -122,17 +124,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM/SIGINT go to one watcher thread (blocked here before any thread starts, so every
     # thread inherits the mask): it acts at once even while the main thread is deep in a render
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    group = None
+    if "," in args.device:  # a device group: this process is rank 0 and starts the others, which stop
+        # when rank 0 tells them to or is gone
+        from reelgen.groupworker import start_followers
+
+        try:
+            group = start_followers(args.device, Settings())
+        except ReelgenError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        # multiprocessing's resource tracker unblocks SIGINT/SIGTERM when it starts: block them again
+        # before the group's threads (and ours) are created
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     worker = Worker(Settings(), device=args.device, worker_id=args.worker_id, faults=Faults.from_env(os.environ))
     shell = Shell(worker)
     threading.Thread(target=shell.watch_signals, name="signals", daemon=True).start()
     if args.parent_pipe:
         threading.Thread(target=shell.watch_parent, args=(sys.stdin.buffer,), name="parent", daemon=True).start()
     try:
-        worker.load()
+        worker.load(group.load_leader(worker.settings) if group is not None else None)
     except ReelgenError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    return worker.run()
+    status = worker.run()
+    if group is not None:
+        group.stop()
+    return status
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ may carry a Python traceback, a source file, an absolute server path, a database
 or, in an error, an internal address. ``filter_failure`` waives the refusals JSON Schema cannot
 predict: the shot-duration sum of ``/generate``, an upload URL naming no upload of the caller's, an
 upload that is no image, a callback URL whose host does not resolve to a public address, a
-repeated ``external_task_id`` and a presigned upload's signature or bytes.
+repeated ``external_task_id``, a presigned upload's signature or bytes, and the same upload rules
+on ``/v1/videos``' ``input_reference``.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool
         return error.get("code") != "DUPLICATE_EXTERNAL_TASK_ID"
     if response.status_code != 400:
         return True
+    if case.operation.path == "/v1/videos":  # OpenAI's envelope: the same two rules on input_reference
+        message = str(error.get("message", ""))
+        refused = error.get("code") == "invalid_input" and error.get("param") == "input_reference"
+        return not (refused and ("no such upload" in message or "image" in message.lower()))
     if error.get("code") != "INVALID_INPUT":
         return True
     if shots_disagree_with_duration(case.body) and "shot durations add up to" in error.get("message", ""):

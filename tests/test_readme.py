@@ -6,6 +6,7 @@ each example gets its own account from the README's ``keys create`` line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -61,19 +62,24 @@ TESTED = {
     "sdk-async": "python",
     "cli": "bash",
     "local": "bash",
+    "openai": "python",
+    "mcp-stdio": "json",
+    "mcp-http": "json",
 }
 
 
 def test_every_block_is_covered() -> None:
     blocks = code_blocks()
     # make demo / make test (run by CI and test_demo), server start (the fixture below), and TESTED
-    assert len(blocks) == 2 + len(TESTED), "a new README example needs a test here"
+    runnable = [name for name, lang in TESTED.items() if lang in ("bash", "python")]
+    assert len(blocks) == 2 + len(runnable), "a new README example needs a test here"
     assert len(bash_blocks()) == 2 + sum(lang == "bash" for lang in TESTED.values())
+    assert len(re.findall(r"```json\n", README)) == sum(lang == "json" for lang in TESTED.values())
     assert blocks[0].startswith("make demo") and "make test" in blocks[0]
     assert blocks[1].startswith("reelgen serve")
     assert set(re.findall(r"<!-- readme-test: ([\w-]+) -->", README)) == set(TESTED)
     for name, lang in TESTED.items():
-        assert block(name, lang) in blocks
+        assert lang == "json" or block(name, lang) in blocks
 
 
 @dataclass
@@ -197,3 +203,58 @@ def test_local_generate_example(tmp_path: Path) -> None:
     assert "noise" in (done.stdout + done.stderr).lower()
     info = media.probe(tmp_path / "fox-local.mp4")
     assert abs(info.duration - 3.0) <= 1 / 24 + 1e-6 and info.has_audio
+
+
+def test_openai_sdk_example(server: Server, tmp_path: Path) -> None:
+    from PIL import Image
+
+    key = server.new_key()
+    done = server.run("openai", tmp_path, key, "python")
+    assert done.stdout.strip().splitlines()[-1] == "completed 4 1280x720"
+    info = media.probe(tmp_path / "boat.mp4")
+    assert abs(info.duration - 4.0) <= 1 / 24 + 1e-6 and info.has_audio
+    with Image.open(tmp_path / "boat.webp") as thumb:
+        assert thumb.format == "WEBP" and thumb.size == (info.width, info.height)
+    credits = httpx.get(f"{server.base}/api/v1/credits", headers={"Authorization": f"Bearer {key}"}).json()
+    assert credits["data"] == {"credits": 1000 - 168, "reserved": 0}
+
+
+def _mcp_tools(config: dict[str, object], base: str, key: str) -> tuple[set[str], dict[str, object]]:
+    """Connect the MCP SDK's own client as the README's config says (its URL and key replaced with
+    this server's) and call two tools."""
+    import anyio
+    import httpx2
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+    from mcp.client.streamable_http import streamable_http_client
+
+    entry: dict[str, object] = config["mcpServers"]["reelgen"]  # type: ignore[index]
+
+    async def main() -> tuple[set[str], dict[str, object]]:
+        async with contextlib.AsyncExitStack() as stack:
+            if "command" in entry:
+                env = {**env_with_venv(), **entry["env"], "REELGEN_BASE_URL": base, "REELGEN_API_KEY": key}  # type: ignore[dict-item]
+                params = StdioServerParameters(command=str(entry["command"]), args=list(entry["args"]), env=env)  # type: ignore[call-overload]
+                client = await stack.enter_async_context(Client(params))
+            else:
+                assert entry["type"] == "http" and str(entry["url"]).endswith(":8000/mcp")
+                url = str(entry["url"]).replace("http://127.0.0.1:8000", base)
+                headers = {"Authorization": f"Bearer {key}"}
+                assert entry["headers"] == {"Authorization": "Bearer sk-..."}
+                http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, timeout=60))
+                client = await stack.enter_async_context(Client(streamable_http_client(url, http_client=http)))
+            tools = {tool.name for tool in (await client.list_tools()).tools}
+            price = await client.call_tool("estimate", {"prompt": "a fox", "duration": 3})
+            assert not price.is_error, price.content
+            return tools, price.structured_content
+
+    result: tuple[set[str], dict[str, object]] = anyio.run(main)
+    return result
+
+
+@pytest.mark.parametrize("name", ["mcp-stdio", "mcp-http"])
+def test_mcp_config_snippets(server: Server, name: str) -> None:
+    config = json.loads(block(name, "json"))
+    tools, price = _mcp_tools(config, server.base, server.new_key())
+    assert {"generate", "wait", "estimate", "credits"} <= tools
+    assert price["credits"] == 126

@@ -10,15 +10,18 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reelgen import __version__, service
-from reelgen.api import errors, extensions
+from reelgen.api import errors, extensions, openai_routes
 from reelgen.api.head import HeadAsGet
 from reelgen.api.openapi import Offer, document
 from reelgen.api.routes import router
 from reelgen.config import Settings
+from reelgen.doors.mcp_http import PATH as MCP_PATH
+from reelgen.doors.mcp_http import McpHttp
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.webhooks import Deliverer
 
@@ -123,7 +126,8 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
         deliverer = Deliverer(context.db, context.settings, context.secret)
         deliverer.start()
         try:
-            yield
+            async with mcp.running():
+                yield
         finally:
             deliverer.stop()
             if executor is not None:
@@ -140,6 +144,9 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
     errors.install(app)
     app.include_router(router)
     app.include_router(extensions.router)
+    app.include_router(openai_routes.router)
+    mcp = McpHttp()  # the MCP server over streamable HTTP (reelgen/doors/mcp_http.py)
+    app.router.routes.append(Route(MCP_PATH, endpoint=mcp, methods=["GET", "POST", "DELETE"]))
 
     @app.get("/", include_in_schema=False)
     def playground() -> FileResponse:

@@ -380,12 +380,28 @@ def document(
     for path, item in paths.items():
         for method, op in item.items():
             key = (method, path)
+            if path.startswith(OWN_RESPONSES):
+                _keep_own(op)
+                continue
             op["responses"] = _responses(key, op.get("responses", {}), models.get(key), components)
     _link_task_routes(paths)
+    _link_video_routes(paths)
     if max_upload_bytes is not None:
         _set_upload_limit(paths, max_upload_bytes)
     app.openapi_schema = copy.deepcopy(schema)
     return app.openapi_schema
+
+
+#: Paths whose routes declare every response themselves (``/v1/videos``: OpenAI's shapes, not the envelope).
+OWN_RESPONSES = ("/v1/videos",)
+
+
+def _keep_own(op: dict[str, Any]) -> None:
+    """Drop the 422 FastAPI adds for parameter validation (those routes answer 400 instead)."""
+    responses = op.get("responses", {})
+    generated = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    if generated.get("$ref", "").endswith("/HTTPValidationError"):
+        del responses["422"]
 
 
 def _set_upload_limit(paths: dict[str, Any], limit: int) -> None:
@@ -420,3 +436,20 @@ def _link_task_routes(paths: dict[str, Any]) -> None:
                 name: {"operationId": op_id, "parameters": {"task_id": "$response.body#/data/id"}}
                 for name, op_id in sorted(takers.items())
             }
+
+
+def _link_video_routes(paths: dict[str, Any]) -> None:
+    """The same for ``POST /v1/videos``: its ``id`` goes to every operation taking ``{video_id}``."""
+    ok = paths.get("/v1/videos", {}).get("post", {}).get("responses", {}).get("200")
+    if ok is None:
+        return
+    ok["links"] = {
+        f"{method}{path}".replace("/", "_").replace("{", "").replace("}", ""): {
+            "operationId": op["operationId"],
+            "parameters": {"video_id": "$response.body#/id"},
+        }
+        for path, item in sorted(paths.items())
+        if "{video_id}" in path
+        for method, op in sorted(item.items())
+        if "operationId" in op
+    }

@@ -91,6 +91,11 @@ class LTX2Engine:
         #: the H.264 encoder for this engine's clips (``reelgen.generation.render`` uses it)
         self.video_encoder = pick_video_encoder(self.acceleration.video_encoder, str(self.device))
 
+    @property
+    def transformer(self) -> Any:
+        """The denoiser (``reelgen.engines.parallel`` shares its work across a device group)."""
+        return self._components["transformer"]
+
     # -- loading ----------------------------------------------------------------------------
     @classmethod
     def from_profile(cls, profile: Profile, device: str | None = None, load_format: str = "auto") -> LTX2Engine:

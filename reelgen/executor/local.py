@@ -94,7 +94,7 @@ class LocalExecutor:
     def __init__(self, settings: Settings, *, storage: Storage | None = None) -> None:
         self.settings = settings
         self._storage = storage
-        self._children = [_Child(device=d) for d in settings.device_list]
+        self._children = [_Child(device=d) for d in worker_devices(settings)]
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -215,3 +215,23 @@ def _close(stream: IO[bytes] | None) -> None:
     if stream is not None:
         with contextlib.suppress(OSError):  # BrokenPipeError: the child already exited
             stream.close()
+
+
+def worker_devices(settings: Settings) -> list[str]:
+    """One entry per worker: a device, or with ``settings.parallel`` a comma list of a group's devices
+    (``reelgen.groupworker``: the worker is the group's rank 0 and starts the others)."""
+    devices = settings.device_list
+    if not settings.parallel:
+        return devices
+    from reelgen.engines.parallel import ParallelSpec, check_spec
+    from reelgen.errors import ErrorCode, ReelgenError
+
+    spec = ParallelSpec.parse(settings.parallel)
+    check_spec(spec)
+    size = spec.world
+    if len(devices) % size:
+        raise ReelgenError(
+            ErrorCode.INVALID_SETTINGS,
+            f"parallel {settings.parallel} groups {size} devices; {len(devices)} listed ({settings.devices})",
+        )
+    return [",".join(devices[i : i + size]) for i in range(0, len(devices), size)]

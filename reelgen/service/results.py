@@ -33,6 +33,8 @@ class ResultFile:
 
 
 def _no_result(row: tasks.TaskRow) -> ReelgenError:
+    if row.status == TaskStatus.COMPLETED:  # its result was deleted (DELETE /v1/videos/{id})
+        return ReelgenError(ErrorCode.NO_RESULT, "The task's result was deleted.")
     return ReelgenError(ErrorCode.NO_RESULT, f"The task is {row.status.value}; it has no result yet.")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -104,6 +104,8 @@ def submit(
     *,
     idempotency_key: str | None = None,
     base_url: str | None = None,
+    seed: int | None = None,
+    on_create: Callable[[Connection, str], None] | None = None,
 ) -> dict[str, Any]:
     """Validate, price, and in ONE transaction create the task and reserve its price.
 
@@ -115,6 +117,9 @@ def submit(
     ``base_url`` is the URL the request came in on: an ``image_urls`` entry that is a ``publicUrl``
     of this server (``service.uploads``) is read from storage, never fetched. Kling's
     ``external_task_id`` must be new for the account (``DUPLICATE_EXTERNAL_TASK_ID`` otherwise).
+    ``seed`` fixes the task's seed when the input names none (a remix reuses its original's);
+    ``on_create(conn, task_id)`` runs in the creating transaction (another door records what it
+    needs beside the task).
     """
     key = idempotency.validate_key(idempotency_key) if idempotency_key is not None else None
     checked = _validated(ctx, body)
@@ -123,7 +128,10 @@ def submit(
     digest = idempotency.request_hash(body) if key is not None else ""
     stored_input = inp.model_dump(mode="json", exclude_none=True)
     klass = progress.request_class(ctx.profile.name, request.model, inp)
-    seed = inp.seed if inp.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    if inp.seed is not None:
+        seed = inp.seed
+    elif seed is None:
+        seed = secrets.randbelow(MAX_SEED + 1)
     external_id = inp.external_task_id
 
     def create(conn: Connection) -> tuple[dict[str, Any], bool]:
@@ -153,6 +161,8 @@ def submit(
             external_task_id=external_id,
         )
         remaining = ledger.reserve(conn, account_id, row.id, price, now)
+        if on_create is not None:
+            on_create(conn, row.id)
         data = {
             "id": row.id,
             "model": row.model,

@@ -46,6 +46,7 @@ __all__ = [
     "tasks",
     "upload_slots",
     "uploads",
+    "videos",
     "webhook_deliveries",
     "webhook_endpoints",
     "workers",
@@ -302,6 +303,19 @@ upload_slots = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False, index=True),
     Column("claimed_at", UTCDateTime(), nullable=True),
+)
+
+# The ``/v1/videos`` door's view of a task (migration 0008): the OpenAI ``model`` and ``size`` a
+# video was created with (NULL for tasks submitted through ``/api/v1``), the video a remix came
+# from, and when ``DELETE /v1/videos/{id}`` removed its stored result (the ledger keeps its entries).
+videos = Table(
+    "videos",
+    metadata,
+    Column("task_id", String(32), ForeignKey("tasks.id"), primary_key=True),
+    Column("model", String(100), nullable=True),
+    Column("size", String(16), nullable=True),
+    Column("remixed_from", String(32), nullable=True),
+    Column("deleted_at", UTCDateTime(), nullable=True),
 )
 
 # Workers that serve a profile (migration 0010): ``loading`` while the engine loads and warms up,

@@ -29,6 +29,7 @@ from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.store import ledger, webhooks
 from reelgen.store.tables import tasks
+from reelgen.video_view import webhook_event
 from reelgen.views import webhook_object
 
 if TYPE_CHECKING:
@@ -400,15 +401,22 @@ def _ended(conn: Connection, task_id: str, now: datetime) -> None:
     task = _require(conn, task_id)
     if not task.callback_url:
         return
+    from reelgen.store import videos  # it reads task rows through this module
+
     data = webhook_object(task)
+    event, body = f"task.{task.status.value}", None
+    door = videos.get(conn, task.id)
+    if door is not None and door.model is not None:  # created through /v1/videos: OpenAI's event shape
+        event, body = webhook_event(task, "evt_" + uuid.uuid4().hex)
     webhooks.enqueue(
         conn,
         task_id=task.id,
         account_id=task.account_id,
         url=task.callback_url,
-        event=f"task.{task.status.value}",
+        event=event,
         data=data,
         now=now,
+        body=body,
     )
 
 

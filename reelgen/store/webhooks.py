@@ -61,11 +61,21 @@ def url_hash(url: str) -> str:
 
 
 def enqueue(
-    conn: Connection, *, task_id: str, account_id: str, url: str, event: str, data: dict[str, Any], now: datetime
+    conn: Connection,
+    *,
+    task_id: str,
+    account_id: str,
+    url: str,
+    event: str,
+    data: dict[str, Any],
+    now: datetime,
+    body: dict[str, Any] | None = None,
 ) -> str:
-    """Owe one webhook for a task's end; returns its ``webhook-id`` (``msg_`` + 32 hex digits)."""
+    """Owe one webhook for a task's end; returns its ``webhook-id`` (``msg_`` + 32 hex digits).
+    ``body`` replaces the default ``{type, timestamp, data}`` (the ``/v1/videos`` door's events)."""
     msg_id = "msg_" + uuid.uuid4().hex
-    body = {"type": event, "timestamp": data.get("completedAt"), "data": data}
+    if body is None:
+        body = {"type": event, "timestamp": data.get("completedAt"), "data": data}
     conn.execute(
         insert(webhook_deliveries).values(
             id=msg_id,
