@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.schemas import CAMERA_MOVES
 
 if TYPE_CHECKING:
     from reelgen.client import Client, Task
@@ -98,6 +99,19 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         metavar="PROMPT=SECONDS",
         help="one shot of a multi-shot video; durations must add up to --duration",
     )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME[:STRENGTH]",
+        help="one of the server's LoRAs by name (GET /api/v1/models lists them), optional strength; repeatable",
+    )
+    p.add_argument(
+        "--camera",
+        choices=CAMERA_MOVES,
+        help="a camera move (the profile's camera LoRAs); --camera-strength sets its strength",
+    )
+    p.add_argument("--camera-strength", type=float, help="strength of the --camera move (default: the LoRA's)")
     p.add_argument("--negative-prompt", help="what to avoid (default: the profile's; guided stages only)")
     p.add_argument("--cfg-scale", type=float, help="0-1: how closely to follow the prompt (0.5 = the profile's)")
     p.add_argument("--external-task-id", help="your own id of the task (unique per account)")

@@ -45,6 +45,8 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
     INVALID_IMAGE = "INVALID_IMAGE"
     TIMEOUT = "TIMEOUT"
+    #: a LoRA the request asked for (``input.loras``, ``camera_control``) could not be loaded
+    LORA_FAILED = "LORA_FAILED"
     CANCELLED = "CANCELLED"
     # operator side (CLI, settings, profiles, weights)
     ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
@@ -69,6 +71,7 @@ FAILURE_KEYS: dict[ErrorCode, str] = {
     ErrorCode.IMAGE_TOO_LARGE: "image_too_large",
     ErrorCode.INVALID_IMAGE: "invalid_image",
     ErrorCode.TIMEOUT: "timeout",
+    ErrorCode.LORA_FAILED: "lora_failed",
     ErrorCode.CANCELLED: "cancelled",
 }
 

@@ -50,6 +50,18 @@ def _shot(value: str) -> dict[str, Any]:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"--shot {value!r}: {seconds!r} is not a whole number") from None
 
 
+def _lora(value: str) -> dict[str, Any]:
+    name, sep, strength = value.partition(":")
+    if not name.strip():
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"--lora {value!r}: write it as NAME or NAME:STRENGTH")
+    if not sep:
+        return {"name": name}
+    try:
+        return {"name": name, "strength": float(strength)}
+    except ValueError:
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"--lora {value!r}: {strength!r} is not a number") from None
+
+
 def _seed(args: argparse.Namespace) -> int:
     return int(args.seed) if args.seed is not None else 0
 
@@ -72,6 +84,15 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.shot:
         inp["multi_shots"] = True
         inp["multi_prompt"] = [_shot(s) for s in args.shot]
+    if args.lora:
+        inp["loras"] = [_lora(v) for v in args.lora]
+    if args.camera:
+        camera: dict[str, Any] = {"type": args.camera}
+        if args.camera_strength is not None:
+            camera["strength"] = args.camera_strength
+        inp["camera_control"] = camera
+    elif args.camera_strength is not None:
+        raise ReelgenError(ErrorCode.INVALID_INPUT, "--camera-strength needs --camera")
     # Kling's own fields, when given
     kling = {
         "negative_prompt": args.negative_prompt,

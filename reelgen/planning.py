@@ -208,6 +208,58 @@ def _without_audio_only_rows(guidance: dict[str, Any]) -> dict[str, Any]:
     return g
 
 
+def _refuse(field_name: str, message: str) -> ReelgenError:
+    return ReelgenError(
+        ErrorCode.INVALID_INPUT,
+        f"Invalid input: {field_name}: {message}",
+        details=[{"field": field_name, "message": message}],
+    )
+
+
+def request_loras(inp: GenerateInput, profile: Profile) -> tuple[tuple[str, float], ...]:
+    """The adapters a request adds to every stage: its ``loras`` (by the profile's names, each at the
+    asked or the profile's strength), then the camera LoRA of its ``camera_control``. Refuses with
+    ``INVALID_INPUT`` (naming what the profile offers) what this profile cannot run."""
+    out: list[tuple[str, float]] = []
+    asked = inp.loras or ()
+    if asked:
+        offered = sorted(n for n, spec in profile.loras.items() if spec.requestable)
+        if len(asked) > profile.max_request_loras:
+            raise _refuse("input.loras", f"at most {profile.max_request_loras} LoRA(s) per request on this server")
+        for i, item in enumerate(asked):
+            spec = profile.loras.get(item.name)
+            if spec is None or not spec.requestable:
+                allowed = ", ".join(offered) if offered else "none (this server offers no LoRAs)"
+                raise _refuse(f"input.loras.{i}.name", f"unknown LoRA {item.name[:100]!r}; allowed: {allowed}")
+            out.append((spec.name, spec.strength if item.strength is None else float(item.strength)))
+    if inp.camera_control is not None:
+        move = inp.camera_control.type
+        lora = profile.camera.get(move)
+        if lora is None:
+            offered_moves = ", ".join(profile.camera) if profile.camera else "none"
+            raise _refuse(
+                "input.camera_control.type",
+                f"this server has no camera LoRA for {move!r} (camera moves offered: {offered_moves})",
+            )
+        strength = inp.camera_control.strength
+        out.append((lora, profile.loras[lora].strength if strength is None else float(strength)))
+    return tuple(out)
+
+
+def _with_request_loras(
+    stage: tuple[tuple[str, float], ...], extra: tuple[tuple[str, float], ...]
+) -> tuple[tuple[str, float], ...]:
+    """The stage's own adapters, then the request's (one the stage already runs keeps its strength)."""
+    have = {name for name, _ in stage}
+    return stage + tuple((n, s) for n, s in extra if n not in have)
+
+
+def _with_triggers(prompt: str, triggers: list[str]) -> str:
+    """The prompt led by the trigger words of the requested LoRAs that it does not contain yet."""
+    missing = [t for t in triggers if t.lower() not in prompt.lower()]
+    return " ".join([*missing, prompt]) if missing else prompt
+
+
 #: Kling's ``cfg_scale`` (0-1) moves each classifier-free guidance knob ``g`` of a guided stage
 #: linearly over the profile's range [(1+g)/2, (3g-1)/2]: 0.5 (Kling's default) is the profile's own
 #: value, 0 and 1 half of its distance to unguided (1.0) below and above it, so guidance never
@@ -263,11 +315,14 @@ def plan(
     width, height = spec.size(aspect)
     gen_w, gen_h = spec.generation_size(aspect)
     images = len(inp.image_urls or ())
+    extra = request_loras(inp, profile)
+    triggers = list(dict.fromkeys(t for name, _ in extra for t in profile.loras[name].trigger_words))
     if inp.multi_shots and inp.multi_prompt:
         shared = inp.prompt.strip()
         shots = [(_shot_prompt(shared, s.prompt.strip()), s.duration) for s in inp.multi_prompt]
     else:
         shots = [(inp.prompt.strip(), inp.duration)]
+    shots = [(_with_triggers(prompt, triggers), seconds) for prompt, seconds in shots]
     segments = []
     negative = profile.negative_prompt if inp.negative_prompt is None else inp.negative_prompt
     for i, (prompt, seconds) in enumerate(shots):
@@ -292,7 +347,7 @@ def plan(
                     frames=frames,
                     sigmas=st.sigmas,
                     guidance=guidance if inp.audio else _without_audio_only_rows(guidance),
-                    loras=st.loras,
+                    loras=_with_request_loras(st.loras, extra),
                     conditions=tuple(conditions),
                     upsample=k > 0,
                     step_cache=_caches(profile, st),

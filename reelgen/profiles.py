@@ -10,6 +10,9 @@ A mode has one or two stages. Stage 1 runs at half the generation size when ther
 (the latent upsampler doubles it); each stage has explicit ``sigmas`` or ``steps`` (the reference
 ``LTX2Scheduler`` schedule, ``reelgen.schedules``), optional guidance (diffusers' keyword names;
 absent keys mean "unguided") and the LoRAs active while it runs.
+
+Why one module over 400 lines: a profile is checked as a whole (a stage's LoRAs, the camera table
+and the generation refer to each other), so its reading and every rule on it stay together.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schedules import ltx2_sigmas
-from reelgen.schemas import MAX_CREDITS, MAX_DURATION, AspectRatio, Mode
+from reelgen.schemas import CAMERA_MOVES, MAX_CREDITS, MAX_DURATION, AspectRatio, Mode
 
 ENGINES = ("ltx2",)
 #: A custom engine: ``package.module:Class`` (a class with ``from_profile``; see ``reelgen.engines``).
@@ -103,6 +106,14 @@ class LoraSpec:
     path: str
     generation: str
     strength: float = 1.0
+    #: the hub repo holding ``path`` when it is not the weights' own repo (the camera LoRAs)
+    repo: str | None = None
+    #: words put in front of the prompt when a request asks for this LoRA (when the prompt lacks them)
+    trigger_words: tuple[str, ...] = ()
+    #: requests may ask for it by name (``input.loras``); the stage LoRAs and camera LoRAs need not be
+    requestable: bool = False
+    #: the GPU memory it takes loaded (GiB), for the memory model; None: counted as the distilled LoRA
+    memory_gib: float | None = None
 
     @property
     def is_tiny(self) -> bool:
@@ -185,6 +196,16 @@ class Profile:
     #: the weights' subfolder holding the full (non-distilled) transformer
     transformer_subfolder: str = "transformer"
     loras: dict[str, LoraSpec] = field(default_factory=dict)
+    #: at most this many ``input.loras`` per request (0: the field is refused)
+    max_request_loras: int = 3
+    #: the worker keeps at most this many per-request (and camera) adapters loaded, least recently
+    #: used evicted first; the stage LoRAs stay loaded and are not counted
+    max_loaded_loras: int = 8
+    #: ``camera_control.type`` -> the LoRA (under ``loras``) that makes that move; empty: refused
+    camera: dict[str, str] = field(default_factory=dict)
+    #: the GPU memory a worker has for one generation (GiB); a request whose estimate exceeds it is
+    #: refused at submit (``reelgen.memory``); None: no limit checked
+    max_memory_gib: float | None = None
     acceleration: Acceleration = field(default_factory=Acceleration)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -268,7 +289,42 @@ def _loras(name: str, raw: dict[str, Any], generation: str) -> dict[str, LoraSpe
         fits = str(spec.get("generation", generation))
         if fits not in GENERATIONS:
             raise _bad(name, f"LoRA {lora!r}: unknown generation {fits!r} (known: {', '.join(GENERATIONS)})")
-        out[str(lora)] = LoraSpec(str(lora), str(spec["path"]), fits, float(spec.get("strength", 1.0)))
+        triggers = spec.get("trigger_words", [])
+        if not isinstance(triggers, list) or not all(isinstance(t, str) and t.strip() for t in triggers):
+            raise _bad(name, f"LoRA {lora!r}: trigger_words must be a list of non-blank strings")
+        requestable = spec.get("requestable", False)
+        if not isinstance(requestable, bool):
+            raise _bad(name, f"LoRA {lora!r}: requestable must be true or false")
+        strength = float(spec.get("strength", 1.0))
+        if not math.isfinite(strength):
+            raise _bad(name, f"LoRA {lora!r}: strength must be a finite number")
+        repo = spec.get("repo")
+        memory = spec.get("memory_gib")
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int | float) or memory < 0):
+            raise _bad(name, f"LoRA {lora!r}: memory_gib must be a number of GiB (>= 0)")
+        out[str(lora)] = LoraSpec(
+            str(lora),
+            str(spec["path"]),
+            fits,
+            strength,
+            repo=None if repo is None else str(repo),
+            trigger_words=tuple(t.strip() for t in triggers),
+            requestable=requestable,
+            memory_gib=None if memory is None else float(memory),
+        )
+    return out
+
+
+def _camera(name: str, raw: Any, loras: dict[str, LoraSpec]) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        raise _bad(name, "camera must be a table of camera move = LoRA name")
+    out: dict[str, str] = {}
+    for move, lora in raw.items():
+        if move not in CAMERA_MOVES:
+            raise _bad(name, f"camera.{move}: unknown camera move (known: {', '.join(CAMERA_MOVES)})")
+        if str(lora) not in loras:
+            raise _bad(name, f"camera.{move}: LoRA {lora!r} is not declared under [{name}.loras]")
+        out[str(move)] = str(lora)
     return out
 
 
@@ -315,6 +371,10 @@ _KNOWN = {
     "image_crf",
     "transformer_subfolder",
     "loras",
+    "max_request_loras",
+    "max_loaded_loras",
+    "camera",
+    "max_memory_gib",
     "acceleration",
     "modes",
     "rates",
@@ -356,6 +416,10 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
             image_crf=int(raw.get("image_crf", 33)),
             transformer_subfolder=str(raw.get("transformer_subfolder", "transformer")),
             loras=loras,
+            max_request_loras=int(raw.get("max_request_loras", 3)),
+            max_loaded_loras=int(raw.get("max_loaded_loras", 8)),
+            camera=_camera(name, raw.get("camera", {}), loras),
+            max_memory_gib=None if raw.get("max_memory_gib") is None else float(raw["max_memory_gib"]),
             acceleration=_acceleration(name, dict(raw.get("acceleration", {}))),
             extra={k: v for k, v in raw.items() if k not in _KNOWN},
         )
@@ -367,6 +431,11 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
         raise _bad(name, "fps must be positive and 1 <= min_duration <= max_duration")
     if any(r < 0 for by_audio in rates.values() for r in by_audio.values()):
         raise _bad(name, "credit rates must not be negative")
+    if not 0 <= profile.max_request_loras <= 16 or profile.max_loaded_loras < 1:
+        raise _bad(name, "max_request_loras must be 0-16 and max_loaded_loras at least 1")
+    gib = profile.max_memory_gib
+    if gib is not None and not (math.isfinite(gib) and gib > 0):
+        raise _bad(name, "max_memory_gib must be a positive number of GiB")
     if any(r * MAX_DURATION > MAX_CREDITS for by_audio in rates.values() for r in by_audio.values()):
         raise _bad(name, f"a credit rate times {MAX_DURATION} s must not exceed {MAX_CREDITS} credits")
     if not 0 <= profile.image_crf <= 51:
@@ -381,8 +450,13 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``, table by table; a child's ``key = false`` where the base has a table
+    removes that table (an extending profile dropping an inherited LoRA or ``camera``)."""
     out = dict(base)
     for key, value in child.items():
+        if value is False and isinstance(out.get(key), dict):
+            del out[key]
+            continue
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 

@@ -3,6 +3,10 @@
 ``parse_generate`` turns an untrusted ``/generate`` body into a ``GenerateRequest`` or raises a
 ``ReelgenError`` with the contract's code (``MISSING_MODEL``, ``INVALID_MODEL``, ``MISSING_PROMPT``,
 ``INVALID_INPUT`` with ``details``).
+
+Why one module over 400 lines: every wire model (requests, their extensions, responses) lives here
+so the server, the SDK and the OpenAPI document import one definition of each; splitting it would
+only scatter them.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -103,6 +107,47 @@ UnitInterval = Annotated[float, BeforeValidator(_real_number), Field(ge=0, le=1,
 
 _IMAGE_URL = re.compile(IMAGE_URL_PATTERN)
 
+#: the most ``input.loras`` any request may list (a profile's ``max_request_loras`` may allow fewer)
+MAX_REQUEST_LORAS = 16
+#: LoRA and camera strengths a request may give
+MIN_STRENGTH, MAX_STRENGTH = -2.0, 2.0
+#: ``camera_control.type``: the seven moves of the official LTX-2 camera LoRAs
+CameraMove = Literal["dolly_in", "dolly_out", "dolly_left", "dolly_right", "jib_up", "jib_down", "static"]
+CAMERA_MOVES: tuple[str, ...] = get_args(CameraMove)
+Strength = Annotated[float, Field(ge=MIN_STRENGTH, le=MAX_STRENGTH, allow_inf_nan=False, strict=False)]
+
+
+class LoraRequest(BaseModel):
+    """One of the profile's requestable LoRAs by name, at ``strength`` (default: the profile's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: StrictStr = Field(min_length=1, max_length=100)
+    strength: Strength | None = None
+
+    @field_validator("strength", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not (v is None or isinstance(v, int | float)):
+            raise ValueError("must be a number")
+        return v
+
+
+class CameraControl(BaseModel):
+    """A camera move, run by the profile's camera LoRA for it at ``strength`` (default: the LoRA's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: CameraMove
+    strength: Strength | None = None
+
+    @field_validator("strength", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not (v is None or isinstance(v, int | float)):
+            raise ValueError("must be a number")
+        return v
+
 
 class Shot(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -139,6 +184,18 @@ class GenerateInput(BaseModel):
     seed: WholeNumber | None = Field(default=None, ge=0, le=MAX_SEED)
     callback_url: StrictStr | None = None
     external_task_id: Annotated[StrictStr, Field(pattern=EXTERNAL_TASK_ID_PATTERN)] | None = None
+    #: extension: the profile's requestable LoRAs by name (checked against the profile at submit)
+    loras: tuple[LoraRequest, ...] | None = Field(default=None, max_length=MAX_REQUEST_LORAS)
+    #: extension: a camera move (the profile's camera LoRAs)
+    camera_control: CameraControl | None = None
+
+    @field_validator("loras")
+    @classmethod
+    def _distinct_loras(cls, v: tuple[LoraRequest, ...] | None) -> tuple[LoraRequest, ...] | None:
+        names = [item.name for item in v or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("each LoRA may be listed once")
+        return v
 
     @field_validator("image_urls")
     @classmethod
@@ -386,6 +443,12 @@ class PriceTable(_Wire):
     noAudio: int
 
 
+class OfferedLora(_Wire):
+    name: str
+    defaultStrength: float
+    triggerWords: list[str] = Field(default_factory=list)
+
+
 class ModelView(_Wire):
     id: str
     name: str
@@ -396,3 +459,8 @@ class ModelView(_Wire):
     minDuration: int
     maxDuration: int
     pricing: dict[str, PriceTable]
+    #: extension: the LoRAs a request may ask for by name (``input.loras``), at most ``maxLoras``
+    loras: list[OfferedLora] = Field(default_factory=list)
+    maxLoras: int = 0
+    #: extension: the ``camera_control.type`` values this server runs (empty: the field is refused)
+    cameraMoves: list[str] = Field(default_factory=list)

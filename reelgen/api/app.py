@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from reelgen import __version__, service
 from reelgen.api import errors, extensions, openai_routes
 from reelgen.api.head import HeadAsGet
-from reelgen.api.openapi import document
+from reelgen.api.openapi import Offer, document
 from reelgen.api.routes import router
 from reelgen.config import Settings
 from reelgen.doors.mcp_http import PATH as MCP_PATH
@@ -156,7 +156,12 @@ def create_app(settings: Settings, *, start_executor: bool = True, ctx: service.
 
     def openapi() -> dict[str, Any]:
         upload_limit = min(settings.max_image_bytes, settings.max_body_bytes)
-        return document(app, (router, extensions.router), max_upload_bytes=upload_limit)
+        from reelgen.profiles import get_profile
+
+        served = ctx or getattr(app.state, "ctx", None)
+        profile = served.profile if served is not None else get_profile(settings.profile, settings.profiles_file)
+        offer = Offer.of(profile)
+        return document(app, (router, extensions.router), max_upload_bytes=upload_limit, offer=offer)
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(RateLimitHeaders)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -26,18 +27,25 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from reelgen.schemas import (
+    CAMERA_MOVES,
     EXTERNAL_TASK_ID_PATTERN,
     IMAGE_TO_VIDEO,
     IMAGE_URL_PATTERN,
     MAX_DURATION,
     MAX_PROMPT_CHARS,
+    MAX_REQUEST_LORAS,
     MAX_SEED,
+    MAX_STRENGTH,
     MIN_DURATION,
+    MIN_STRENGTH,
     TEXT_TO_VIDEO,
     UPLOAD_URL_PREFIX,
     AspectRatio,
     Mode,
 )
+
+if TYPE_CHECKING:
+    from reelgen.profiles import Profile
 
 REF = "#/components/schemas/{model}"
 #: the very pattern ``schemas.GenerateInput`` applies (http(s) with a host, data:image/, uploads)
@@ -131,7 +139,22 @@ def _success_schema(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _input_schema(model: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Offer:
+    """What this server's profile offers to ``input.loras`` and ``input.camera_control``: the
+    document states exactly these names, count and moves (None: the generic document)."""
+
+    loras: tuple[str, ...] = ()
+    max_loras: int = 0
+    camera_moves: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, profile: Profile) -> Offer:
+        names = tuple(sorted(n for n, spec in profile.loras.items() if spec.requestable))
+        return cls(names, min(profile.max_request_loras, MAX_REQUEST_LORAS) if names else 0, tuple(profile.camera))
+
+
+def _input_schema(model: str, offer: Offer | None = None) -> dict[str, Any]:
     shot = {
         "type": "object",
         "additionalProperties": False,
@@ -187,6 +210,46 @@ def _input_schema(model: str) -> dict[str, Any]:
             "description": "Your own id of the task, unique per account (409 DUPLICATE_EXTERNAL_TASK_ID).",
         },
     }
+    strength = {"type": "number", "minimum": MIN_STRENGTH, "maximum": MAX_STRENGTH}
+    lora_name: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 100}
+    if offer is not None and offer.loras:
+        lora_name = {"enum": list(offer.loras)}
+    props["loras"] = {
+        "type": ["array", "null"],
+        "maxItems": MAX_REQUEST_LORAS if offer is None else offer.max_loras,
+        "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name"],
+            "properties": {
+                "name": lora_name,
+                "strength": {**strength, "description": "Default: the LoRA's strength in GET /api/v1/models."},
+            },
+        },
+        "description": (
+            "Extension: LoRAs this server offers (GET /api/v1/models: loras, maxLoras), each listed once, "
+            "applied in every stage; an unknown name, a name listed twice or more than maxLoras is 400 "
+            "INVALID_INPUT. Same price."
+        ),
+    }
+    props["camera_control"] = {
+        "type": ["object", "null"],
+        "additionalProperties": False,
+        "required": ["type"],
+        "properties": {
+            "type": {"enum": list(CAMERA_MOVES)},
+            "strength": {**strength, "description": "Default: the camera LoRA's strength."},
+        },
+        "description": (
+            "Extension: a camera move run by the server's camera LoRA for it (GET /api/v1/models: cameraMoves); "
+            "a move the server has no LoRA for is 400 INVALID_INPUT. Same price."
+        ),
+    }
+    if offer is not None:
+        if offer.camera_moves:
+            props["camera_control"]["properties"]["type"] = {"enum": list(offer.camera_moves)}
+        else:
+            props["camera_control"] = {"type": "null", "description": "This server has no camera LoRAs."}
     required = ["prompt"]
     if model == TEXT_TO_VIDEO:
         props["aspect_ratio"] = {"enum": [*(a.value for a in AspectRatio), None], "default": "16:9"}
@@ -214,7 +277,7 @@ def _input_schema(model: str) -> dict[str, Any]:
     }
 
 
-def generate_request_schema() -> dict[str, Any]:
+def generate_request_schema(offer: Offer | None = None) -> dict[str, Any]:
     """What ``POST /api/v1/generate`` accepts, one variant per model (``model`` tells them apart)."""
     variants = []
     for model in (TEXT_TO_VIDEO, IMAGE_TO_VIDEO):
@@ -225,7 +288,7 @@ def generate_request_schema() -> dict[str, Any]:
                 "required": ["model", "input"],
                 "properties": {
                     "model": {"const": model},
-                    "input": _input_schema(model),
+                    "input": _input_schema(model, offer),
                     "callback_url": {
                         "type": ["string", "null"],
                         "pattern": CALLBACK_URL,
@@ -294,7 +357,13 @@ def _errors(key: tuple[str, str]) -> dict[str, Any]:
     return dict(sorted(responses.items()))
 
 
-def document(app: FastAPI, routers: Sequence[APIRouter] = (), *, max_upload_bytes: int | None = None) -> dict[str, Any]:
+def document(
+    app: FastAPI,
+    routers: Sequence[APIRouter] = (),
+    *,
+    max_upload_bytes: int | None = None,
+    offer: Offer | None = None,
+) -> dict[str, Any]:
     """The app's OpenAPI document (built once and cached on the app); ``routers`` hold the routes
     whose declared success models (``routes.success``) the envelopes are built around;
     ``max_upload_bytes`` is the largest ``sizeBytes`` a presigned upload may declare (a setting)."""
@@ -305,7 +374,7 @@ def document(app: FastAPI, routers: Sequence[APIRouter] = (), *, max_upload_byte
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     components["ErrorEnvelope"] = error_envelope_schema()
-    components["GenerateRequest"] = generate_request_schema()
+    components["GenerateRequest"] = generate_request_schema(offer)
     paths = schema.get("paths", {})
     models = declared_models(routers)
     for path, item in paths.items():

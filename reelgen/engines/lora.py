@@ -1,4 +1,5 @@
-"""The profile's LoRAs: checked against the transformer before serving, loaded once, switched per stage.
+"""The profile's LoRAs: checked against the transformer before serving, loaded once, switched per stage;
+per-request and camera LoRAs loaded on first use and kept in a bounded LRU (``Adapters``).
 
 Loading goes through diffusers' ``LTX2LoraLoaderMixin`` (peft adapters injected into the shared
 transformer and text connectors), so every pipeline built on those components sees them. A stage
@@ -15,6 +16,8 @@ multi-GB LoRA at ``reelgen serve`` start costs milliseconds.
 from __future__ import annotations
 
 import warnings
+import zlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +48,9 @@ def build_tiny_lora(
     device, dtype = (param.device, param.dtype) if every_linear else (torch.device("cpu"), torch.float32)
     gen = torch.Generator(device=device).manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
-    for name, module in transformer.named_modules():
-        if not (isinstance(module, torch.nn.Linear) and name.startswith("transformer_blocks.")):
+    for found, module in transformer.named_modules():
+        name = found.removesuffix(".base_layer")  # a layer already adapted by peft: its own linear layer
+        if not (isinstance(module, torch.nn.Linear) and name.startswith("transformer_blocks.")) or ".lora_" in name:
             continue
         if not (every_linear or name.endswith(_TINY_TARGETS)):
             continue
@@ -66,6 +70,8 @@ def resolve_lora(spec: LoraSpec, profile: Profile) -> Path | None:
     path = Path(spec.path).expanduser()
     if path.is_absolute():
         return path
+    if spec.repo is not None:
+        return None  # a file of its own hub repo
     weights = Path(profile.weights).expanduser()
     if profile.weights.startswith(("/", ".", "~")) or weights.is_dir():
         return weights / path
@@ -132,49 +138,108 @@ def check_lora_file(spec: LoraSpec, profile: Profile, modules: dict[str, Any]) -
     lora_fits(spec.name, _header(path), modules)
 
 
+def _tiny_seed(name: str) -> int:
+    """The seed of a tiny LoRA: 7 for the distilled one (as always), else one derived from its name,
+    so each tiny camera or per-request LoRA is a different adapter."""
+    return 7 if name == "distilled" else zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
 class Adapters:
-    """The profile's LoRAs loaded once into the shared components; ``activate`` switches them per stage."""
+    """The profile's LoRAs in the shared components: the stage LoRAs loaded once and kept, the
+    per-request and camera LoRAs loaded on first use and kept in an LRU of ``max_loaded_loras``;
+    ``activate`` switches the active set and strengths per stage without touching the base weights."""
 
     def __init__(self, pipe: Any, profile: Profile | None, *, random_full_size: bool = False) -> None:
-        """Load ``profile``'s LoRAs into ``pipe``'s components; ``random_full_size`` (``--load-format
+        """Load ``profile``'s stage LoRAs into ``pipe``'s components; ``random_full_size`` (``--load-format
         dummy``) stands a random rank-384 LoRA over every linear layer in for each file."""
         self._pipe = pipe
+        self._profile = profile
+        self._random_full_size = random_full_size
         self._active: tuple[tuple[str, float], ...] | None = None
-        specs = list(profile.loras.values()) if profile is not None else []
-        self.names = tuple(s.name for s in specs)
-        modules = {"transformer": pipe.transformer, "connectors": pipe.connectors}
-        for spec in specs:
-            source: Any
-            kwargs: dict[str, Any] = {}
-            if random_full_size:
-                source = build_tiny_lora(pipe.transformer, rank=384, every_linear=True)
-            elif spec.is_tiny:
-                source = build_tiny_lora(pipe.transformer)
-            else:
-                assert profile is not None
-                path = resolve_lora(spec, profile)
-                if path is None:
-                    source, kwargs = profile.weights, {"weight_name": spec.path}
-                else:
-                    lora_fits(spec.name, _header(path), modules)
-                    source = str(path)
-            try:
-                with warnings.catch_warnings():
-                    # several named adapters on one model is the point here, not a mistake
-                    warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
-                    pipe.load_lora_weights(source, adapter_name=spec.name, **kwargs)
-            except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                raise ReelgenError(ErrorCode.WEIGHTS_NOT_FOUND, f"cannot load LoRA {spec.name!r}: {exc}") from None
+        self._specs: dict[str, LoraSpec] = dict(profile.loras) if profile is not None else {}
+        pinned = {n for mode in profile.modes.values() for st in mode.stages for n, _ in st.loras} if profile else set()
+        #: the stage LoRAs: loaded now, never evicted
+        self.pinned = tuple(n for n in self._specs if n in pinned)
+        #: the on-demand adapters now loaded, least recently used first
+        self._lru: OrderedDict[str, None] = OrderedDict()
+        self.capacity = profile.max_loaded_loras if profile is not None else 0
+        #: adapters loaded (pinned ones included) and evicted since the engine started
+        self.loads = 0
+        self.evictions = 0
+        for name in self.pinned:
+            self._load(self._specs[name], ErrorCode.WEIGHTS_NOT_FOUND)
         self.activate(())
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The adapters now loaded."""
+        return (*self.pinned, *self._lru)
+
+    def _source(self, spec: LoraSpec) -> tuple[Any, dict[str, Any]]:
+        if self._random_full_size:
+            return build_tiny_lora(self._pipe.transformer, rank=384, every_linear=True), {}
+        if spec.is_tiny:
+            return build_tiny_lora(self._pipe.transformer, seed=_tiny_seed(spec.name)), {}
+        assert self._profile is not None
+        path = resolve_lora(spec, self._profile)
+        if path is None:
+            return spec.repo or self._profile.weights, {"weight_name": spec.path}
+        modules = {"transformer": self._pipe.transformer, "connectors": self._pipe.connectors}
+        lora_fits(spec.name, _header(path), modules)
+        return str(path), {}
+
+    def _load(self, spec: LoraSpec, code: ErrorCode) -> None:
+        """Load one adapter; on any failure nothing of it stays in the model (``code`` is raised)."""
+        try:
+            source, kwargs = self._source(spec)
+            with warnings.catch_warnings():
+                # several named adapters on one model is the point here, not a mistake
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
+                self._pipe.load_lora_weights(source, adapter_name=spec.name, **kwargs)
+            if not any(spec.name in names for names in self._pipe.get_list_adapters().values()):
+                raise ValueError("it has no layers this model has (a LoRA made for another model?)")
+        except (ReelgenError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            self._drop(spec.name)
+            if isinstance(exc, ReelgenError) and code is not ErrorCode.LORA_FAILED:
+                raise  # a stage LoRA the model cannot take: the profile is wrong (INVALID_PROFILE)
+            reason = exc.message if isinstance(exc, ReelgenError) else str(exc)
+            raise ReelgenError(code, f"cannot load LoRA {spec.name!r}: {reason}") from None
+        self.loads += 1
+
+    def _drop(self, name: str) -> None:
+        """Remove an adapter (whole or half-loaded) from every component that holds it."""
+        self._active = None  # the next activate sets the adapters afresh
+        for component in (self._pipe.transformer, self._pipe.connectors):
+            if name in (getattr(component, "peft_config", None) or {}):
+                component.delete_adapters(name)
+
+    def _ensure(self, names: list[str]) -> None:
+        """Load the on-demand adapters among ``names`` (LRU order updated); evict the least recently
+        used ones not among ``names`` beyond the capacity."""
+        for name in names:
+            if name in self.pinned:
+                continue
+            if name in self._lru:
+                self._lru.move_to_end(name)
+                continue
+            spec = self._specs.get(name)
+            if spec is None:
+                raise ReelgenError(ErrorCode.INVALID_INPUT, f"LoRA {name!r} is not one this profile declares")
+            self._load(spec, ErrorCode.LORA_FAILED)
+            self._lru[name] = None
+        while len(self._lru) > max(self.capacity, sum(1 for n in names if n in self._lru)):
+            victim = next(n for n in self._lru if n not in names)
+            del self._lru[victim]
+            self._drop(victim)
+            self.evictions += 1
+
     def activate(self, loras: tuple[tuple[str, float], ...]) -> None:
-        """Run with exactly these adapters at these strengths (none: the base weights)."""
+        """Run with exactly these adapters at these strengths (none: the base weights, bit for bit);
+        a LoRA not loaded yet is loaded first (``LORA_FAILED`` if it cannot be)."""
         if loras == self._active or (not self.names and not loras):
             self._active = loras
             return
-        unknown = [n for n, _ in loras if n not in self.names]
-        if unknown:
-            raise ReelgenError(ErrorCode.INVALID_PROFILE, f"LoRA(s) {unknown} are not loaded (loaded: {self.names})")
+        self._ensure([n for n, _ in loras])
         if loras:
             self._pipe.enable_lora()
             self._pipe.set_adapters([n for n, _ in loras], adapter_weights=[s for _, s in loras])

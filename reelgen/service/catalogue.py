@@ -25,6 +25,8 @@ MODEL_INPUTS = {
     TEXT_TO_VIDEO: ["prompt", "duration", "mode", "audio", "aspect_ratio", "multi_shots", "multi_prompt"],
     IMAGE_TO_VIDEO: ["prompt", "image_urls", "duration", "mode", "audio", "multi_shots", "multi_prompt"],
 }
+#: extensions both models take (listed in ``inputs`` when the profile offers them)
+LORA_INPUT, CAMERA_INPUT = "loras", "camera_control"
 #: Kling's own optional fields, taken by both models.
 KLING_INPUTS = ["negative_prompt", "cfg_scale", "seed", "callback_url", "external_task_id"]
 
@@ -43,18 +45,27 @@ def models(ctx: Context, type: str | None = None) -> list[dict[str, Any]]:
     pricing_table = {
         m.value: {"audio": p.rate(m, True), "noAudio": p.rate(m, False)} for m in (Mode.STANDARD, Mode.PROFESSIONAL)
     }
+    offered = [
+        {"name": spec.name, "defaultStrength": spec.strength, "triggerWords": list(spec.trigger_words)}
+        for spec in p.loras.values()
+        if spec.requestable
+    ]
+    extensions = ([LORA_INPUT] if offered and p.max_request_loras else []) + ([CAMERA_INPUT] if p.camera else [])
     return [
         {
             "id": model_id,
             "name": MODEL_NAMES[model_id],
             "type": "video",
-            "inputs": MODEL_INPUTS[model_id] + KLING_INPUTS,
+            "inputs": MODEL_INPUTS[model_id] + KLING_INPUTS + extensions,
             "aspectRatios": [a.value for a in AspectRatio] if model_id == TEXT_TO_VIDEO else None,
             "modes": [m.value for m in Mode],
             "minDuration": max(MIN_DURATION, p.min_duration),
             "maxDuration": min(MAX_DURATION, p.max_duration),
             "pricing": pricing_table,
             "profile": p.name,
+            "loras": offered,
+            "maxLoras": p.max_request_loras if offered else 0,
+            "cameraMoves": list(p.camera),
         }
         for model_id in MODEL_IDS
     ]

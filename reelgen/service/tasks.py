@@ -19,9 +19,10 @@ from typing import Any, Literal
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from reelgen import pricing, progress, webhooks
+from reelgen import memory, pricing, progress, webhooks
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.planning import request_loras
 from reelgen.safehttp import FetchPolicy
 from reelgen.schemas import MAX_SEED, GenerateInput, GenerateRequest, parse_generate
 from reelgen.service.admission import limits_of
@@ -88,6 +89,8 @@ def _validated(ctx: Context, body: Any) -> _Checked:
                 }
             ],
         )
+    request_loras(inp, ctx.profile)  # LoRAs and camera moves this server offers, or INVALID_INPUT
+    memory.check_fits(inp, ctx.profile)  # a request that can never fit a worker's GPU: INVALID_INPUT
     callback_url = None
     if request.callback_url is not None:
         callback_url = webhooks.validate_callback_url(request.callback_url, FetchPolicy.from_settings(ctx.settings))

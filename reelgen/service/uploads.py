@@ -68,7 +68,10 @@ def public_url(ctx: Context, upload_id: str, base_url: str) -> str:
 def upload_id_of(ctx: Context, url: str, base_url: str) -> str | None:
     """The upload id of a ``publicUrl`` of this server (its host as the request or
     ``public_base_url`` names it, path ``/api/v1/uploads/<id>``); None for any other URL."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL" (an unbalanced bracket): not one of ours
+        return None
     match = _PUBLIC_PATH.fullmatch(parts.path)
     if match is None or parts.query or parts.fragment or parts.scheme.lower() not in ("http", "https"):
         return None

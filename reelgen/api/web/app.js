@@ -173,6 +173,12 @@ function onModelChange() {
   fillSelect($("aspect-ratio"), ratios, $("aspect-ratio").value || ratios[0]);
   $("aspect-field").hidden = ratios.length === 0;
   $("images-field").hidden = !isImageModel(model);
+  const moves = model.cameraMoves || [];
+  fillSelect($("camera"), ["none", ...moves], $("camera").value || "none");
+  $("camera-field").hidden = moves.length === 0;
+  const loras = (model.loras || []).map((l) => l.name);
+  fillSelect($("loras"), loras, null);
+  $("loras-field").hidden = loras.length === 0;
   $("duration").min = model.minDuration;
   $("duration").max = model.maxDuration;
   updatePrice();
@@ -316,6 +322,10 @@ function buildRequest() {
   } else if (model && (model.aspectRatios || []).length) {
     input.aspect_ratio = $("aspect-ratio").value;
   }
+  if (!$("camera-field").hidden && $("camera").value !== "none") input.camera_control = { type: $("camera").value };
+  const chosen = [...$("loras").selectedOptions].map((o) => ({ name: o.value }));
+  if (model && chosen.length > (model.maxLoras || 0)) problems.push(`Pick at most ${model.maxLoras} LoRAs.`);
+  if (chosen.length) input.loras = chosen;
   if ($("multi-shots").checked) {
     if (state.shots.length === 0) problems.push("Add at least one shot, or turn multi-shot off.");
     state.shots.forEach((s, i) => {
