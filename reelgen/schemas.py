@@ -114,7 +114,9 @@ MIN_STRENGTH, MAX_STRENGTH = -2.0, 2.0
 #: ``camera_control.type``: the seven moves of the official LTX-2 camera LoRAs
 CameraMove = Literal["dolly_in", "dolly_out", "dolly_left", "dolly_right", "jib_up", "jib_down", "static"]
 CAMERA_MOVES: tuple[str, ...] = get_args(CameraMove)
-Strength = Annotated[float, Field(ge=MIN_STRENGTH, le=MAX_STRENGTH, allow_inf_nan=False, strict=False)]
+Strength = Annotated[
+    float, BeforeValidator(_real_number), Field(ge=MIN_STRENGTH, le=MAX_STRENGTH, allow_inf_nan=False, strict=False)
+]
 
 
 class LoraRequest(BaseModel):
@@ -125,13 +127,6 @@ class LoraRequest(BaseModel):
     name: StrictStr = Field(min_length=1, max_length=100)
     strength: Strength | None = None
 
-    @field_validator("strength", mode="before")
-    @classmethod
-    def _number(cls, v: Any) -> Any:
-        if isinstance(v, bool) or not (v is None or isinstance(v, int | float)):
-            raise ValueError("must be a number")
-        return v
-
 
 class CameraControl(BaseModel):
     """A camera move, run by the profile's camera LoRA for it at ``strength`` (default: the LoRA's)."""
@@ -140,13 +135,6 @@ class CameraControl(BaseModel):
 
     type: CameraMove
     strength: Strength | None = None
-
-    @field_validator("strength", mode="before")
-    @classmethod
-    def _number(cls, v: Any) -> Any:
-        if isinstance(v, bool) or not (v is None or isinstance(v, int | float)):
-            raise ValueError("must be a number")
-        return v
 
 
 class Shot(BaseModel):
