@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Queue: claim and submit latency of the fair queue with 1k, 10k and 100k pending tasks (issue 19).
+(Named ``fair_queue.py``, not ``queue.py``: every bench script runs with ``bench/`` first on its path,
+where that name would shadow the standard library's ``queue`` for the other scripts.)
 
-    python bench/queue.py                                    # SQLite, 1k/10k/100k pending, 100 accounts
-    python bench/queue.py --database-url postgresql+psycopg://127.0.0.1/test --json
-    python bench/queue.py --pending 1000 --samples 50
+    python bench/fair_queue.py                                    # SQLite, 1k/10k/100k pending, 100 accounts
+    python bench/fair_queue.py --database-url postgresql+psycopg://127.0.0.1/test --json
+    python bench/fair_queue.py --pending 1000 --samples 50
     # the queue's own work without the WAL flush of each commit (what the test fixtures run with):
-    python bench/queue.py --database-url 'postgresql+psycopg://127.0.0.1/test?options=-csynchronous_commit%3Doff'
+    python bench/fair_queue.py --database-url 'postgresql+psycopg://127.0.0.1/test?options=-csynchronous_commit%3Doff'
 
 For each queue length: a fresh schema (a SQLite file in a temporary directory, or a PostgreSQL
 schema dropped afterwards) migrated to head; 100 accounts with credits; the pending tasks spread
