@@ -11,6 +11,11 @@ but the document lacks, or a body that does not match, fails that run.
 
 An operation that declares no model still gets the error envelope and the generic statuses;
 its success body is described as an envelope around any JSON value.
+
+Over 400 lines on purpose: the document is rewritten in one pass over every operation (statuses per
+route, envelopes, the request bodies of ``/generate``, uploads and ``/v1/videos``, links), and the
+exactness the contract run checks lives in how those rewrites agree; split across modules, each
+would have to re-walk the same document and re-learn which route is which.
 """
 
 from __future__ import annotations
