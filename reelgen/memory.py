@@ -58,7 +58,10 @@ HIDDEN = 4096
 _ACTIVATION_FACTOR = 8
 #: latent tokens: the VAE compresses 32x in space and 8x in time; audio runs 25 latent frames a second
 _SPATIAL, _TEMPORAL, _AUDIO_PER_SECOND = 32, 8, 25
-_DECODE_CHANNELS, _DECODE_COPIES, _PATCH = 128, 6, 4
+_DECODE_CHANNELS, _PATCH = 128, 4
+#: live activations of the video decoder's last (widest) stage, in copies of one activation: the
+#: input, the convolution's output, the normalised copy and the residual, with room for padding copies
+DECODE_COPIES = 6
 _TILE_SIDE, _TILE_FRAMES = 512, 24
 
 
@@ -111,9 +114,8 @@ def estimate(inp: GenerateInput, profile: Profile) -> Estimate:
         g = stage.full_guidance()
         rows = 1 + (g["guidance_scale"] > 1) + (g["stg_scale"] > 0) + (g["modality_scale"] > 1)
         activations = max(activations, rows * tokens * HIDDEN * _ACTIVATION_FACTOR * BF16)
-    untiled = frames * (h // _PATCH) * (w // _PATCH) * _DECODE_CHANNELS * BF16 * _DECODE_COPIES
-    tile = min(frames, _TILE_FRAMES) * (min(h, _TILE_SIDE) // _PATCH) * (min(w, _TILE_SIDE) // _PATCH)
-    tiled = tile * _DECODE_CHANNELS * BF16 * _DECODE_COPIES
+    untiled = decode_activation_bytes(frames, h, w)
+    tiled = decode_activation_bytes(min(frames, _TILE_FRAMES), min(h, _TILE_SIDE), min(w, _TILE_SIDE))
     decode = untiled if profile.acceleration.vae_tiling == "off" else min(untiled, tiled)
     return Estimate(weights=weights, loras=loras, activations=activations, decode=decode)
 
@@ -138,3 +140,12 @@ def check_fits(inp: GenerateInput, profile: Profile) -> Estimate:
             details=[{"field": "input", "message": message}],
         )
     return est
+
+
+def decode_activation_bytes(
+    frames: int, height: int, width: int, *, channels: int = _DECODE_CHANNELS, patch: int = _PATCH, size: int = BF16
+) -> int:
+    """Peak activation bytes of decoding ``frames`` x ``height`` x ``width`` pixels at once: the
+    decoder's last stage, ``channels`` wide at ``1/patch`` of the size, ``DECODE_COPIES`` live copies
+    of ``size``-byte values (``reelgen.engines.acceleration.decode_bytes`` reads them off a VAE)."""
+    return frames * (height // patch) * (width // patch) * channels * size * DECODE_COPIES

@@ -52,9 +52,6 @@ __all__ = [
 FP8_MIN_CAPABILITY = (8, 9)
 #: the reference keeps the first block and the last 5 of 48 in bf16 (ltx_core.quantization)
 _FP8_KEPT_TAIL = 5 / 48
-#: live activations of the decoder's last (widest) stage, in copies of one activation: the input,
-#: the convolution's output, the normalised copy and the residual, with room for the padding copies
-_DECODE_ACTIVATION_COPIES = 6
 #: an untiled decode must fit in this share of the free device memory
 _DECODE_HEADROOM = 0.8
 
@@ -195,6 +192,8 @@ def decode_bytes(vae: Any, latent_shape: tuple[int, ...], dtype: torch.dtype) ->
     frame at once."""
     import torch
 
+    from reelgen.memory import decode_activation_bytes
+
     cfg = vae.config
     _b, _c, f, h, w = latent_shape
     frames = (f - 1) * int(cfg.temporal_compression_ratio) + 1
@@ -203,7 +202,7 @@ def decode_bytes(vae: Any, latent_shape: tuple[int, ...], dtype: torch.dtype) ->
     factors = tuple(cfg.get("upsample_factor") or (1,))
     channels = int(next(iter(cfg.decoder_block_out_channels))) // int(factors[0])
     size = torch.empty((), dtype=dtype).element_size()
-    return frames * (height // patch) * (width // patch) * channels * size * _DECODE_ACTIVATION_COPIES
+    return decode_activation_bytes(frames, height, width, channels=channels, patch=patch, size=size)
 
 
 def use_vae_tiling(mode: str, vae: Any, latent_shape: tuple[int, ...], device: torch.device) -> bool:
