@@ -11,7 +11,6 @@ checks clean: scheduling moves no credits.
 
 from __future__ import annotations
 
-import secrets
 import signal
 import subprocess
 import sys
@@ -26,7 +25,6 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from reelgen import service
-from reelgen.config import Settings
 from reelgen.executor.local import settings_env
 from reelgen.store import keys, ledger
 from reelgen.store.db import Database
@@ -164,18 +162,8 @@ def test_one_worker_serves_every_account_in_turn(client: TestClient, ctx: servic
 
 def test_two_apis_and_two_workers_serve_every_account_in_turn(tmp_path: Path) -> None:
     with pg_schema() as url:
-        db = Database(url)
-        db.upgrade()
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            database_url=url,
-            profile="ltx-2-tiny",
-            secret_key="replicas-share-this-secret",
-            lease_seconds=8.0,
-            heartbeat_seconds=1.0,
-            shutdown_grace_seconds=5.0,
-        )
-        cluster = Cluster(url=url, tag=f"rg-{secrets.token_hex(5)}", tmp=tmp_path, settings=settings, db=db)
+        cluster = Cluster.on(url, tmp_path)
+        db, settings = cluster.db, cluster.settings
 
         def fund(conn: Any) -> list[str]:
             made = []

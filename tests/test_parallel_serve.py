@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from reelgen.domain import TaskStatus
-from reelgen.executor.local import LocalExecutor, settings_env
+from reelgen.executor.local import LocalExecutor
 from reelgen.groupworker import GROUP_BROKEN_EXIT
 from reelgen.sweeper import sweep_once
-from tests.engines import PLAIN_PROFILES
 from tests.test_worker import Rig, _make_rig, _test_engine_importable, utcnow  # noqa: F401 (autouse fixture)
 
 
@@ -44,22 +41,6 @@ def children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.append(int(entry.name))
     return found
-
-
-def spawn_group(rig: Rig, name: str, profiles_file: Path = PLAIN_PROFILES) -> subprocess.Popen[bytes]:
-    """``python -m reelgen.worker`` on the two-cpu group; ``profiles_file`` names the rig's profile
-    (default: on the plain tiny engine)."""
-    full = settings_env(rig.settings.model_copy(update={"profiles_file": profiles_file}))
-    with (rig.logs / f"{name}.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "reelgen.worker", "--device", "cpu,cpu", "--worker-id", name],
-            env=full,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    rig.procs.append(proc)
-    return proc
 
 
 def slow_profiles(rig: Rig) -> Path:
@@ -93,7 +74,7 @@ def test_the_local_executor_runs_a_task_on_a_group(group_rig: Rig) -> None:
 def test_a_killed_rank_ends_the_attempt_and_the_task_is_retried_and_charged_once(group_rig: Rig) -> None:
     rig = group_rig
     task_id = rig.submit("slow fox")
-    g1 = spawn_group(rig, "g1", slow_profiles(rig))
+    g1 = rig.spawn("g1", device="cpu,cpu", profiles_file=slow_profiles(rig))
     rig.wait_task(task_id, "running on the group", lambda r: r.status == TaskStatus.PROCESSING and r.progress > 0)
     followers = children_of(g1.pid)
     rank1 = [p for p in followers if "spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
@@ -105,7 +86,7 @@ def test_a_killed_rank_ends_the_attempt_and_the_task_is_retried_and_charged_once
     assert (row.status, row.attempt) == (TaskStatus.PROCESSING, 1)
     report = sweep_once(rig.db, rig.settings, now=utcnow() + timedelta(seconds=rig.settings.lease_seconds + 1))
     assert report.requeued == [task_id]
-    g2 = spawn_group(rig, "g2")
+    g2 = rig.spawn("g2", device="cpu,cpu", faults=False)
     row = rig.wait_task(task_id, "completed by attempt 2", lambda r: r.status.is_terminal)
     assert row.worker_id == "g2" and row.failures == 1
     rig.assert_completed_once(task_id, attempt=2)  # reserved once, captured once

@@ -62,6 +62,22 @@ class Cluster:
     apis: list[str] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    @classmethod
+    def on(cls, url: str, tmp: Path) -> Cluster:
+        """A cluster's shared settings on the migrated PostgreSQL schema at ``url`` (nothing started)."""
+        db = Database(url)
+        db.upgrade()
+        settings = Settings(
+            data_dir=tmp / "data",
+            database_url=url,
+            profile="ltx-2-tiny",
+            secret_key="replicas-share-this-secret",
+            lease_seconds=8.0,
+            heartbeat_seconds=1.0,
+            shutdown_grace_seconds=5.0,
+        )
+        return cls(url=url, tag=f"rg-{secrets.token_hex(5)}", tmp=tmp, settings=settings, db=db)
+
     def env(self, role: str) -> dict[str, str]:
         env = settings_env(self.settings)
         env["REELGEN_DATABASE_URL"] = with_app_name(self.url, f"{self.tag}-{role}")
@@ -154,19 +170,8 @@ def _ready(url: str) -> bool:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     with pg_schema() as url:
-        tag = f"rg-{secrets.token_hex(5)}"
-        db = Database(url)
-        db.upgrade()
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            database_url=url,
-            profile="ltx-2-tiny",
-            secret_key="replicas-share-this-secret",
-            lease_seconds=8.0,
-            heartbeat_seconds=1.0,
-            shutdown_grace_seconds=5.0,
-        )
-        c = Cluster(url=url, tag=tag, tmp=tmp_path, settings=settings, db=db)
+        c = Cluster.on(url, tmp_path)
+        db, settings = c.db, c.settings
 
         def fund(conn: Any) -> tuple[str, str]:
             account = keys.create_account(conn, "load")

@@ -92,14 +92,19 @@ class Rig:
         task_id: str = self.db.run(go, immediate=True)
         return task_id
 
-    def spawn(self, name: str, *, faults: bool = True) -> subprocess.Popen[bytes]:
-        """Start ``python -m reelgen.worker`` with the rig's settings; ``faults=False``: the same
-        profile on the plain tiny engine (a healthy worker that runs "slow" tasks at full speed)."""
-        settings = self.settings if faults else self.settings.model_copy(update={"profiles_file": PLAIN_PROFILES})
+    def spawn(
+        self, name: str, *, faults: bool = True, device: str = "cpu", profiles_file: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``python -m reelgen.worker`` on ``device`` with the rig's settings; ``faults=False``:
+        the same profile on the plain tiny engine (a healthy worker that runs "slow" tasks at full
+        speed); ``profiles_file``: the rig's profile from that file instead."""
+        if profiles_file is None and not faults:
+            profiles_file = PLAIN_PROFILES
+        settings = self.settings.model_copy(update={"profiles_file": profiles_file or self.settings.profiles_file})
         full = settings_env(settings)
         with (self.logs / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "reelgen.worker", "--device", "cpu", "--worker-id", name],
+                [sys.executable, "-m", "reelgen.worker", "--device", device, "--worker-id", name],
                 env=full,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
