@@ -77,10 +77,14 @@ def _start_order(db: Database) -> list[str]:
     return list(db.run(lambda conn: conn.execute(stmt).scalars().all()))
 
 
-def _cancel_pending(client: httpx.Client | TestClient, key: str, ids: list[str], db: Database) -> None:
-    for task_id, status in _statuses(db, ids).items():
-        if status == "pending":
-            client.post(f"/api/v1/tasks/{task_id}/cancel", headers={"Authorization": f"Bearer {key}"})
+def _cancel_pending(
+    client: httpx.Client | TestClient, key: str, ids: list[str], db: Database, positions: dict[str, int]
+) -> None:
+    """Cancel the still-pending tasks from the back of the queue forward: a worker claiming
+    meanwhile always takes the front one, so what starts stays a run of consecutive positions."""
+    pending = [t for t, status in _statuses(db, ids).items() if status == "pending"]
+    for task_id in sorted(pending, key=positions.__getitem__, reverse=True):
+        client.post(f"/api/v1/tasks/{task_id}/cancel", headers={"Authorization": f"Bearer {key}"})
 
 
 def _active(db: Database) -> int:
@@ -149,7 +153,7 @@ def test_one_worker_serves_every_account_in_turn(client: TestClient, ctx: servic
             lambda: set(_statuses(ctx.db, late).values()) == {"completed"},
             worker.tail,
         )
-        _cancel_pending(client, a.key, ids_a, ctx.db)
+        _cancel_pending(client, a.key, ids_a, ctx.db, positions)
         _wait("A's running task to end", lambda: _active(ctx.db) == 0)
 
     order = _start_order(ctx.db)
@@ -194,7 +198,7 @@ def test_two_apis_and_two_workers_serve_every_account_in_turn(tmp_path: Path) ->
                     lambda: set(_statuses(db, late).values()) == {"completed"},
                     DEADLINE,
                 )
-                _cancel_pending(one, key_a, ids_a, db)
+                _cancel_pending(one, key_a, ids_a, db, positions)
                 cluster.wait("A's running tasks to end", lambda: _active(db) == 0, DEADLINE)
             order = _start_order(db)
             # two workers claim side by side, so two neighbours may start a moment apart either way:
