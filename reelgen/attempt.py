@@ -9,7 +9,8 @@ each as an ``Attempt``:
    next step boundary (``StopReason.LOST``) and its output is discarded;
 2. input images are fetched and decoded (``inputs.load_images``), the request is planned, the
    images are cropped to the job's size and attached as start/end frames;
-3. the video is rendered into an attempt-specific scratch file, moved into storage under
+3. the video is rendered into an attempt-specific scratch file (with the profile's live previews
+   stored and recorded as it goes, ``reelgen.livepreview``), moved into storage under
    ``<task id>/<attempt>.mp4``, and the task is completed, which captures the credits in the same
    transaction; if completing is refused (a newer attempt owns the task) the stored file is deleted,
    so an output is only ever served through the attempt that won;
@@ -257,12 +258,11 @@ class Worker:
 
     def _execute(self, att: Attempt) -> None:
         from reelgen.engines.base import Cancelled
-        from reelgen.generation import render
 
         task = att.task
         try:
             job = self._plan(task)
-            info = render(job, self.engine, att.scratch, on_progress=lambda d, t: self._on_step(att, d, t))
+            info = self._render(att, job)
         except Cancelled:
             if att.stop_reason is StopReason.SHUTDOWN:
                 self._hand_back(att)
@@ -282,6 +282,25 @@ class Worker:
             self._fail(att, ErrorCode.GENERATION_FAILED.value, GENERIC_FAILURE)
             return
         self._finish(att, info)
+
+    def _render(self, att: Attempt, job: Job) -> MediaInfo:
+        """Render the job into the attempt's scratch file; with the profile's live previews on, each
+        preview is stored and recorded off this thread (``livepreview.Publisher``), the last one
+        before this returns (so none is recorded after the outcome)."""
+        from reelgen.generation import render
+        from reelgen.livepreview import Publisher
+
+        def on_progress(done: int, total: int) -> bool:
+            return self._on_step(att, done, total)
+
+        spec = self.profile.previews
+        if not spec.enabled:
+            return render(job, self.engine, att.scratch, on_progress=on_progress)
+        publisher = Publisher(self.db, self.storage, att.task.id, att.task.attempt)
+        try:
+            return render(job, self.engine, att.scratch, on_progress=on_progress, previews=spec, on_preview=publisher)
+        finally:
+            publisher.close()
 
     def _plan(self, task: TaskRow) -> Job:
         """Validate the stored input, fetch and fit its images, and plan the job."""

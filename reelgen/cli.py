@@ -1,7 +1,7 @@
 """The ``reelgen`` command.
 
 Operator verbs (serve, db, keys, credits grant/show, ledger) work on the store directly; user
-verbs (generate, tasks get/list/cancel/wait, upload, credits, models) talk to a server's public
+verbs (generate, tasks get/list/cancel/wait/preview, upload, credits, models) talk to a server's public
 API through the SDK, with ``--server URL --api-key KEY`` or ``REELGEN_BASE_URL`` /
 ``REELGEN_API_KEY``; ``generate --local`` runs the engine in this process. Heavy modules are
 imported inside each command, so ``reelgen --help`` stays fast and an SDK-only install
@@ -43,12 +43,14 @@ EXIT_CODES: dict[str, int] = {
     ErrorCode.RATE_LIMITED: 7,
     ErrorCode.TASK_NOT_FOUND: 8,
     ErrorCode.NO_RESULT: 8,
+    ErrorCode.NO_PREVIEW: 8,
 }
 DESCRIPTION = """Self-hostable video generation (VicSee Kling 3.0 API).
 
 user verbs talk to a server: --server URL --api-key KEY, or REELGEN_BASE_URL / REELGEN_API_KEY
   generate PROMPT ...   make one video and save it (--local: in this process, no server)
   tasks get ID          a task's status (-o FILE saves its video)
+  tasks preview ID -o F its latest live preview (an animated WebP) while it runs
   credits               your balance
   models                models and prices
 operator verbs work on the database: serve, db, keys, credits grant|show, ledger check
@@ -62,7 +64,7 @@ EXIT_HELP = """exit status:
   5  the generation failed or was cancelled (TASK_FAILED)
   6  still running when --timeout ran out (WAIT_TIMEOUT)
   7  server unreachable or busy (CONNECTION_ERROR, SERVICE_UNAVAILABLE, RATE_LIMITED)
-  8  no such task, or no result yet (TASK_NOT_FOUND, NO_RESULT)
+  8  no such task, or no result or preview yet (TASK_NOT_FOUND, NO_RESULT, NO_PREVIEW)
 130  interrupted
 Errors are one line on stderr: "error: CODE: message".
 """
@@ -243,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_args(p)
     p.add_argument("task_id")
     p.add_argument("--json", action="store_true")
+    p = tasks.add_parser("preview", help="save a task's latest live preview (an animated WebP)")
+    _add_server_args(p)
+    p.add_argument("task_id")
+    p.add_argument("-o", "--output", required=True, help="save the WebP here")
+    p.add_argument("--json", action="store_true")
     p = tasks.add_parser("wait", help="follow a task until it ends; with -o, save its video")
     _add_server_args(p)
     p.add_argument("task_id")
@@ -382,6 +389,8 @@ def _describe(task: Task) -> list[str]:
 def cmd_tasks(args: argparse.Namespace) -> int:
     if args.action == "list":
         return _list_tasks(args)
+    if args.action == "preview":
+        return _save_preview(args)
     with _client(args) as client:
         if args.action == "cancel":
             task = client.cancel(args.task_id)
@@ -401,6 +410,20 @@ def _wait(client: Client, args: argparse.Namespace) -> Task:
     """The task once it ended: completed, or its own failure / cancellation printed (exit 1 via TASK_FAILED)."""
     with _progress(sys.stdout.isatty() and not args.json) as on_progress:
         return client.wait(args.task_id, timeout=args.timeout, on_progress=on_progress)
+
+
+def _save_preview(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        data = client.preview(args.task_id)
+    out = Path(args.output)
+    part = out.with_name(f".{out.name}.part")
+    part.write_bytes(data)
+    part.replace(out)  # whole or not at all
+    if args.json:
+        _emit({"taskId": args.task_id, "file": str(out), "bytes": len(data)})
+    else:
+        print(f"wrote {out} ({len(data)} bytes)")
+    return 0
 
 
 def _list_tasks(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 Both talk only to the public API (``/api/v1``): ``generate`` queues a task, ``get`` reads it,
 ``list`` pages through the caller's tasks, ``cancel`` stops one, ``wait`` follows it until it ends
 (the server's event stream, ``/tasks/{id}/events``; polling 1 s, then x1.5 per poll, at most 10 s
-apart, where the stream is not offered or breaks), ``download`` saves its MP4, ``upload`` sends a
+apart, where the stream is not offered or breaks), ``download`` saves its MP4, ``preview`` reads
+its latest live preview (an animated WebP) while it runs, ``upload`` sends a
 local image by VicSee's presign flow (``generate`` does so for local paths in ``image_urls``),
 ``credits`` and ``models`` read the account and the catalogue. The base URL and key come
 from the arguments or ``REELGEN_BASE_URL`` / ``REELGEN_API_KEY``; ``transport=`` takes any httpx
@@ -290,6 +291,17 @@ def _event_task(event: str, data: str) -> Task | None:
         return Task.from_api(json.loads(data))
     except ValueError:
         return None
+
+
+def _preview_bytes(response: httpx.Response) -> bytes:
+    """The image a ``/preview`` answered, or the ``ReelgenError`` its envelope describes."""
+    media = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if response.is_success and media.startswith("image/"):
+        return response.content
+    _unwrap(response)  # raises the server's error
+    raise ReelgenError(
+        ErrorCode.CONNECTION_ERROR, f"{response.request.url} answered {media or 'no content type'}, not an image"
+    )
 
 
 def _task_id(task: Task | str) -> str:
@@ -620,6 +632,15 @@ class Client(_Base):
         finally:
             response.close()
 
+    def preview(self, task: Task | str) -> bytes:
+        """The latest live preview of a running (or completed) task: a small animated WebP's bytes.
+        ``NO_PREVIEW`` before the first one, or once the task ended without a result."""
+        try:
+            response = self._http.get(f"{API}/tasks/{_task_id(task)}/preview")
+        except httpx.TransportError as exc:
+            raise _connection_error(self.base_url, exc) from None
+        return _preview_bytes(response)
+
     def credits(self) -> CreditsView:
         """The caller's available and reserved credits."""
         return CreditsView.model_validate(self._call("GET", f"{API}/credits"))
@@ -768,6 +789,14 @@ class AsyncClient(_Base):
             raise _connection_error(self.base_url, exc) from None
         finally:
             await response.aclose()
+
+    async def preview(self, task: Task | str) -> bytes:
+        """See ``Client.preview``."""
+        try:
+            response = await self._http.get(f"{API}/tasks/{_task_id(task)}/preview")
+        except httpx.TransportError as exc:
+            raise _connection_error(self.base_url, exc) from None
+        return _preview_bytes(response)
 
     async def credits(self) -> CreditsView:
         return CreditsView.model_validate(await self._call("GET", f"{API}/credits"))

@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     NO_RESULT = "NO_RESULT"
+    #: a task without a live preview to show (none yet, or it ended without a result)
+    NO_PREVIEW = "NO_PREVIEW"
     NOT_CANCELLABLE = "NOT_CANCELLABLE"
     INVALID_TOKEN = "INVALID_TOKEN"
     RANGE_NOT_SATISFIABLE = "RANGE_NOT_SATISFIABLE"

@@ -9,13 +9,16 @@ complete.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reelgen.engines.base import Clip, Engine
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.livepreview import LivePreview, Previews, PreviewSink
 
 if TYPE_CHECKING:
     from reelgen.domain import Job
@@ -39,6 +42,8 @@ def render(
     timings: list[tuple[str, float]] | None = None,
     rows: dict[str, int] | None = None,
     cached: dict[str, int] | None = None,
+    previews: Previews | None = None,
+    on_preview: PreviewSink | None = None,
 ) -> MediaInfo:
     """Generate every segment of ``job`` with ``engine`` and write them, joined, to ``out_path``.
 
@@ -47,7 +52,9 @@ def render(
     ``Cancelled`` (no file is left behind). ``timings``, when given, receives every segment's stage
     timings plus ``muxing`` (the time spent encoding and writing the MP4); ``rows``, when given,
     adds up the transformer rows each stage ran, and ``cached`` the transformer calls the step cache
-    answered without running the blocks.
+    answered without running the blocks. With ``previews`` and ``on_preview``, an engine whose
+    ``generate`` takes them (``makes_previews``) hands live previews to ``on_preview``, their steps
+    counted over the whole job like ``on_progress``'s; any other engine makes none.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -80,7 +87,15 @@ def render(
                     return True
                 return on_progress(before + done, job.total_steps) is not False
 
-            clip = engine.generate(job, segment, on_step)
+            extra: dict[str, Any] = {}
+            if previews is not None and on_preview is not None and makes_previews(engine):
+
+                def shown(p: LivePreview, before: int = before) -> None:
+                    assert on_preview is not None
+                    on_preview(replace(p, step=before + p.step, total=job.total_steps))
+
+                extra = {"previews": previews, "on_preview": shown}
+            clip = engine.generate(job, segment, on_step, **extra)
             _check_clip(job, clip, segment.seconds)
             if writer is None:
                 rate = clip.sample_rate if job.audio else None
@@ -115,6 +130,16 @@ def render(
         raise
     finally:
         encoder.shutdown(wait=True)
+
+
+def makes_previews(engine: Engine) -> bool:
+    """Whether ``engine.generate`` takes ``previews`` and ``on_preview`` (LTX-2 does; an engine
+    wrapping another, or a custom one, may not)."""
+    try:
+        params = inspect.signature(engine.generate).parameters
+    except (TypeError, ValueError):
+        return False
+    return "previews" in params and "on_preview" in params
 
 
 def _check_clip(job: Job, clip: Clip, seconds: int) -> None:

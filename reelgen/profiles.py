@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.livepreview import Previews, parse_previews
 from reelgen.schedules import ltx2_sigmas
 from reelgen.schemas import CAMERA_MOVES, MAX_CREDITS, MAX_DURATION, AspectRatio, Mode
 
@@ -207,6 +208,8 @@ class Profile:
     #: refused at submit (``reelgen.memory``); None: no limit checked
     max_memory_gib: float | None = None
     acceleration: Acceleration = field(default_factory=Acceleration)
+    #: live previews of running tasks (``reelgen.livepreview``): off unless the profile turns them on
+    previews: Previews = field(default_factory=Previews)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -376,6 +379,7 @@ _KNOWN = {
     "camera",
     "max_memory_gib",
     "acceleration",
+    "previews",
     "modes",
     "rates",
     "extends",
@@ -421,6 +425,7 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
             camera=_camera(name, raw.get("camera", {}), loras),
             max_memory_gib=None if raw.get("max_memory_gib") is None else float(raw["max_memory_gib"]),
             acceleration=_acceleration(name, dict(raw.get("acceleration", {}))),
+            previews=parse_previews(name, raw.get("previews", {})),
             extra={k: v for k, v in raw.items() if k not in _KNOWN},
         )
     except KeyError as exc:

@@ -5,7 +5,8 @@ they have used ``max_attempts``), release holds older than ``max_run_seconds`` p
 purge idempotency keys past their 24 hours. ``Sweeper`` runs it every ``SWEEP_INTERVAL`` on a
 daemon thread, and ``storage.sweep_temp`` (scratch files of a killed writer) and ``purge_uploads``
 (uploads no task used within ``upload_retention_seconds``, presigned uploads that never got their
-bytes) every ``TEMP_SWEEP_INTERVAL``. The local executor's supervisor, API-only replicas
+bytes) and ``purge_previews`` (live previews of tasks that ended without a result) every
+``TEMP_SWEEP_INTERVAL``. The local executor's supervisor, API-only replicas
 (``executor = "none"``) and the Ray dispatcher each run one. Several at once are safe: every
 rescue is a conditional write on the attempt (and ``SKIP LOCKED`` on PostgreSQL).
 """
@@ -34,6 +35,7 @@ __all__ = [
     "PurgeReport",
     "SweepReport",
     "Sweeper",
+    "purge_previews",
     "purge_uploads",
     "sweep_once",
 ]
@@ -121,6 +123,21 @@ def purge_uploads(db: Database, storage: Storage, settings: Settings, now: datet
     return PurgeReport(unused, expired)
 
 
+def purge_previews(db: Database, storage: Storage) -> int:
+    """Delete the live previews nobody may see any more (the task failed or was cancelled, or its
+    result was deleted), row first, then object; returns how many."""
+    from reelgen.store import previews
+
+    removed = 0
+    for task_id, key in db.run(previews.purgeable):
+        if db.run(partial(previews.remove, task_id=task_id, key=key), immediate=True):
+            storage.delete(key)
+            removed += 1
+    if removed:
+        log.info("purged %d live preview(s) of tasks without a result", removed)
+    return removed
+
+
 class Sweeper:
     """A daemon thread running ``sweep_once`` every ``SWEEP_INTERVAL`` and ``storage.sweep_temp``
     every ``TEMP_SWEEP_INTERVAL`` until ``stop()``; a failed pass is logged and retried."""
@@ -155,7 +172,8 @@ class Sweeper:
                     log.exception("sweeping scratch files failed")
                 try:
                     purge_uploads(self.db, self.storage, self.settings)
+                    purge_previews(self.db, self.storage)
                 except Exception:
-                    log.exception("purging uploads failed; retrying in %.0f s", TEMP_SWEEP_INTERVAL)
+                    log.exception("purging uploads or previews failed; retrying in %.0f s", TEMP_SWEEP_INTERVAL)
             if self._stop.wait(SWEEP_INTERVAL):
                 return

@@ -36,6 +36,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.ACCOUNT_NOT_FOUND: 404,
     ErrorCode.KEY_NOT_FOUND: 404,
+    ErrorCode.NO_PREVIEW: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.NO_RESULT: 409,
     ErrorCode.NOT_CANCELLABLE: 409,

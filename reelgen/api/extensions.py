@@ -1,4 +1,4 @@
-"""Routes of the API.md extensions: list, cancel, live events, estimate, webhook secret, upload
+"""Routes of the API.md extensions: list, cancel, live events and previews, estimate, webhook secret, upload
 (bytes, or VicSee's presign flow with its signed PUT and the owner's GET of ``publicUrl``),
 VicSee's tools (not offered here), metrics. Parse, call one service function, render; no SQL,
 pricing or HTTPException here."""
@@ -76,6 +76,25 @@ async def events(task_id: str, request: Request, account: CurrentAccount) -> Str
     events = await service.task_events(ctx_of(request), account, task_id, base_url(request))
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(frames(events), media_type="text/event-stream", headers=headers)
+
+
+@router.get(
+    "/api/v1/tasks/{task_id}/preview",
+    tags=["tasks"],
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/webp": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "The task's latest live preview: a small animated WebP",
+        }
+    },
+)
+def preview(task_id: str, request: Request, account: CurrentAccount) -> Response:
+    """The latest live preview of the caller's task (while it runs, and after it completed for as long
+    as its result is kept); 404 ``NO_PREVIEW`` before the first one or once the task ended without a result."""
+    found = service.preview_file(ctx_of(request), account, task_id)
+    headers = {"Cache-Control": "private, no-store", "Content-Disposition": f'inline; filename="{found.filename}"'}
+    return Response(found.data, media_type=found.media_type, headers=headers)
 
 
 @router.post("/api/v1/estimate", tags=["generation"], openapi_extra={"requestBody": GENERATE_BODY})

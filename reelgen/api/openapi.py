@@ -71,6 +71,7 @@ ERROR_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/api/v1/generate"): (*_ALWAYS, *_AUTH, 402, 409, 422),
     ("get", "/api/v1/tasks/{task_id}"): (*_ALWAYS, *_AUTH, *_TASK),
     ("get", "/api/v1/tasks/{task_id}/download"): (*_ALWAYS, *_AUTH, *_TASK, 409, 416),
+    ("get", "/api/v1/tasks/{task_id}/preview"): (*_ALWAYS, *_AUTH, *_TASK),
     ("get", "/api/v1/credits"): (*_ALWAYS, *_AUTH),
     ("get", "/api/v1/models"): (400, 413, 429),
     ("get", "/healthz"): (400, 413),
@@ -88,7 +89,8 @@ _DESCRIPTIONS = {
     401: "Missing or invalid API key (MISSING_AUTH_HEADER, INVALID_AUTH_FORMAT, INVALID_KEY_FORMAT, INVALID_API_KEY)",
     402: "Not enough available credits (INSUFFICIENT_CREDITS); nothing is reserved",
     403: "The signed link is invalid, expired or already used (INVALID_TOKEN)",
-    404: "No such task (TASK_NOT_FOUND) or upload (NOT_FOUND) for this key, or no such route (NOT_FOUND)",
+    404: "No such task (TASK_NOT_FOUND) or upload (NOT_FOUND) for this key, no live preview to show "
+    "(NO_PREVIEW), or no such route (NOT_FOUND)",
     409: (
         "The task (or presigned upload) has no result yet (NO_RESULT) or cannot be cancelled "
         "(NOT_CANCELLABLE); the external_task_id is already used (DUPLICATE_EXTERNAL_TASK_ID)"

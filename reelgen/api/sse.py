@@ -1,5 +1,6 @@
 """Server-Sent Events framing for ``GET /api/v1/tasks/{id}/events``: each ``service.TaskEvent``
-becomes ``id: <n>``, ``event: <kind>`` and ``data: <task JSON>``; a keep-alive is a comment line."""
+becomes ``id: <n>``, ``event: <kind>`` and ``data: <task JSON>`` (a ``preview`` event: the preview
+object, with its ``url``); a keep-alive is a comment line."""
 
 from __future__ import annotations
 

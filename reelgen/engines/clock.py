@@ -10,6 +10,7 @@ are read once after the segment (``finish``); on the CPU the clock is the wall c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ class StepClock:
     rows: dict[str, int] = field(default_factory=dict)
     #: (index in timings, start mark, end mark) of the steps whose time is still on the device
     pending: list[tuple[int, Any, Any]] = field(default_factory=list)
+    #: called after each step (and its progress report) with (pipe, step in stage, steps done, latents):
+    #: live previews (``reelgen.engines.preview``); the next step's time starts after it
+    tap: Callable[[Any, int, int, Any], None] | None = None
 
     def _now(self) -> Any:
         if not self.cuda:
@@ -68,6 +72,9 @@ class StepClock:
         self.done += 1
         if self.on_step is not None and self.on_step(self.done, self.total) is False:
             raise Cancelled()
+        if self.tap is not None:
+            self.tap(pipe, step, self.done, kwargs["latents"])
+            self.mark = None  # the next step starts at its first transformer call
         return {}
 
     def finish(self) -> None:

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from reelgen.engines.lora import Adapters
+    from reelgen.engines.preview import PreviewTap
+    from reelgen.livepreview import Previews, PreviewSink
     from reelgen.planning import Job, Segment, Stage
     from reelgen.profiles import Profile
 
@@ -198,17 +200,35 @@ class LTX2Engine:
         return self._pipes[kind]
 
     # -- generation -------------------------------------------------------------------------
-    def generate(self, job: Job, segment: Segment, on_step: StepCallback | None = None) -> Clip:
-        """Generate ``segment`` of ``job``: its stages as planned, decoded and centre-cropped to the output."""
+    def generate(
+        self,
+        job: Job,
+        segment: Segment,
+        on_step: StepCallback | None = None,
+        *,
+        previews: Previews | None = None,
+        on_preview: PreviewSink | None = None,
+    ) -> Clip:
+        """Generate ``segment`` of ``job``: its stages as planned, decoded and centre-cropped to the output.
+
+        With ``previews`` and ``on_preview``: live previews at the steps ``previews`` asks for
+        (``reelgen.engines.preview``), handed to ``on_preview`` on this thread; the clip is the same."""
         import torch
 
         check_segment(job, segment, num_layers=self.num_layers, has_upsampler=self._upsampler is not None)
         timings: list[tuple[str, float]] = []
-        progress = StepClock(total=segment.steps, on_step=on_step, timings=timings, cuda=self.device.type == "cuda")
+        tap = None
+        if previews is not None and on_preview is not None:
+            from reelgen.engines.preview import PreviewTap
+
+            tap = PreviewTap(previews, on_preview, self._components["vae"], job, segment, timings=timings)
+        progress = StepClock(
+            total=segment.steps, on_step=on_step, timings=timings, cuda=self.device.type == "cuda", tap=tap
+        )
         hook = self._components["transformer"].register_forward_pre_hook(progress.before_forward, with_kwargs=True)
         try:
             with torch.no_grad():
-                video, audio = self._denoise(job, segment, progress)
+                video, audio = self._denoise(job, segment, progress, tap)
                 frames = self._timed(timings, "vae_decode", lambda: self._decode_video(video))
                 sound = self._timed(timings, "audio_decode", lambda: self._decode_audio(audio)) if job.audio else None
             progress.finish()
@@ -257,7 +277,9 @@ class LTX2Engine:
             embeds |= {"negative_prompt_embeds": ne, "negative_prompt_attention_mask": nm}
         return embeds
 
-    def _denoise(self, job: Job, segment: Segment, progress: StepClock) -> tuple[torch.Tensor, torch.Tensor]:
+    def _denoise(
+        self, job: Job, segment: Segment, progress: StepClock, tap: PreviewTap | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
         timings = progress.timings
@@ -274,6 +296,8 @@ class LTX2Engine:
             if stage.upsample:
                 video = self._timed(timings, "upsample", functools.partial(self._upsample, video))
             progress.start_stage(f"{stage.name}_step")
+            if tap is not None:
+                tap.start_stage(stage)
             call: dict[str, Any] = {
                 **(embeds if stage.guided else {k: v for k, v in embeds.items() if not k.startswith("negative")}),
                 **stage.guidance,

@@ -8,6 +8,7 @@ per route, and the CLI's operator verbs call them too.
 * ``uploads``: input images stored for later ``image_urls`` (the bytes, or VicSee's presign flow),
   and their retention purge;
 * ``links`` and ``results``: signed, expiring result links and the files behind them;
+* ``previews``: a running task's live preview, for its owner;
 * ``account``: credits and the webhook secret; ``catalogue``: models and prices, readiness, metrics.
 
 Plain functions over a ``Context``; HTTP details (the bearer header, Server-Sent Events framing)
@@ -21,6 +22,7 @@ from reelgen.service.admission import Admission, admit, set_limits, set_schedule
 from reelgen.service.catalogue import MODEL_TYPES, TOOLS, metrics, models, ready, tool
 from reelgen.service.context import Context, utcnow
 from reelgen.service.links import signed_file_url
+from reelgen.service.previews import preview_file
 from reelgen.service.results import ResultFile, download, result_for_owner, result_for_token
 from reelgen.service.tasks import (
     CURSOR_PATTERN,
@@ -59,6 +61,7 @@ __all__ = [
     "metrics",
     "models",
     "presign",
+    "preview_file",
     "put_presigned",
     "read_upload",
     "ready",

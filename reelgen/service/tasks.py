@@ -369,9 +369,11 @@ def list_tasks(
 @dataclass(frozen=True)
 class TaskEvent:
     """One event of a followed task: its ``status`` changed, or only its ``progress`` (progress,
-    queue position or ETA); ``keep-alive`` when nothing changed for a while (``task`` is None)."""
+    queue position or ETA), with the task as ``task``; a new live ``preview`` (``task`` is then the
+    preview object, ``service.previews.preview_object``); ``keep-alive`` when nothing changed for a
+    while (``task`` is None)."""
 
-    kind: Literal["status", "progress", "keep-alive"]
+    kind: Literal["status", "progress", "preview", "keep-alive"]
     task: dict[str, Any] | None = None
 
 
@@ -386,19 +388,29 @@ async def task_events(
 ) -> AsyncIterator[TaskEvent]:
     """The caller's task as a stream of events (see ``TaskEvent``), ending after the event that shows
     a terminal status. Ownership is checked before the stream starts, so an unknown or foreign id is
-    an ordinary ``TASK_NOT_FOUND``. The HTTP layer frames the events (``api/sse.py``).
+    an ordinary ``TASK_NOT_FOUND``. A preview stored since the last poll comes before the task's
+    event of that poll, so the last preview is sent before the terminal status. The HTTP layer
+    frames the events (``api/sse.py``).
     """
     import anyio.to_thread
 
-    def view() -> dict[str, Any]:
-        return get_task(ctx, account_id, task_id, base_url)
+    from reelgen.service.previews import preview_object, visible_preview
+
+    def view() -> tuple[dict[str, Any], dict[str, Any] | None]:
+        row, pos, eta = owned_task(ctx, account_id, task_id)
+        found = visible_preview(ctx, row)
+        shown = preview_object(found, base_url, ctx.settings.public_base_url) if found else None
+        return task_view(ctx, row, base_url, pos, eta), shown
 
     first = await anyio.to_thread.run_sync(view)
 
     async def stream() -> AsyncIterator[TaskEvent]:
-        current, sent = first, None
+        (current, preview), sent, version = first, None, None
         quiet_since = time.monotonic()
         while True:
+            if preview is not None and preview["version"] != version:
+                yield TaskEvent("preview", preview)
+                version, quiet_since = preview["version"], time.monotonic()
             key = (current["status"], current["progress"], current["queuePosition"], current["etaSeconds"])
             if sent is None or key != sent:
                 yield TaskEvent("status" if sent is None or sent[0] != key[0] else "progress", current)
@@ -409,6 +421,6 @@ async def task_events(
                 yield TaskEvent("keep-alive")
                 quiet_since = time.monotonic()
             await anyio.sleep(poll_seconds)
-            current = await anyio.to_thread.run_sync(view)
+            current, preview = await anyio.to_thread.run_sync(view)
 
     return stream()

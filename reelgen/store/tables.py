@@ -370,3 +370,21 @@ workers = Table(
     Column("seen_at", UTCDateTime(), nullable=False),
     CheckConstraint(_in("state", WORKER_STATES), name="state_known"),
 )
+
+# The latest live preview of a task (migration 0011, ``store.previews``): the object's key (per
+# attempt), its size and frame count, the job step it shows, and ``seq``, bumped by every new one
+# (the event stream announces a preview when it moves). Written only by the attempt that owns the task.
+task_previews = Table(
+    "task_previews",
+    metadata,
+    Column("task_id", String(32), ForeignKey("tasks.id"), primary_key=True),
+    Column("attempt", Integer, nullable=False),
+    Column("key", String(500), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("frames", Integer, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("total_steps", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
