@@ -111,6 +111,7 @@ def test_deeply_nested_json_is_invalid_json(client: TestClient, rich: Account, r
         ("GET", "/api/v1/tasks/{}/download?mode=proxy"),
         ("POST", "/api/v1/tasks/{}/cancel"),
         ("GET", "/api/v1/tasks/{}/events"),
+        ("GET", "/api/v1/tasks/{}/preview"),
     ],
 )
 @pytest.mark.parametrize("task_id", ["abc%00def", "%C3%A9t%C3%A9", "x" * 300])

@@ -91,6 +91,7 @@ ROUTES = [
     "/api/v1/tasks/{id}/download",
     "/api/v1/tasks/{id}/cancel",
     "/api/v1/tasks/{id}/events",
+    "/api/v1/tasks/{id}/preview",
     "/api/v1/files/{id}.mp4",
 ]
 #: the method each route is served with (the rest of the draws try the others)

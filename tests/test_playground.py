@@ -131,6 +131,10 @@ def test_playground_generates_and_plays_a_3_second_video(
     assert played["played"] >= 0.3 and (played["width"], played["height"]) == (128, 72)
     assert played["src"].startswith(live.url + "/api/v1/files/")
     assert "3.0 s · with audio · 126 credits" in page.text_content("#result-meta")
+    # the task's live preview (on in ltx-2-tiny) is kept with its result: the last one is shown
+    expect(page.locator("#task-preview-box")).to_be_visible()
+    assert page.evaluate("() => document.getElementById('task-preview').naturalWidth") > 0
+    assert page.get_attribute("#task-preview", "src").startswith("blob:")
     task_id = page.text_content("#task-id")
     expect(page.locator("#balance")).to_contain_text("874 credits available")
     shot = tmp_path / "playground.png"

@@ -38,8 +38,8 @@ class StepClock:
     #: (index in timings, start mark, end mark) of the steps whose time is still on the device
     pending: list[tuple[int, Any, Any]] = field(default_factory=list)
     #: called after each step (and its progress report) with (pipe, step in stage, steps done, latents):
-    #: live previews (``reelgen.engines.preview``); the next step's time starts after it
-    tap: Callable[[Any, int, int, Any], None] | None = None
+    #: live previews (``reelgen.engines.preview``); True when it made one (not counted in the next step)
+    tap: Callable[[Any, int, int, Any], bool] | None = None
 
     def _now(self) -> Any:
         if not self.cuda:
@@ -72,9 +72,8 @@ class StepClock:
         self.done += 1
         if self.on_step is not None and self.on_step(self.done, self.total) is False:
             raise Cancelled()
-        if self.tap is not None:
-            self.tap(pipe, step, self.done, kwargs["latents"])
-            self.mark = None  # the next step starts at its first transformer call
+        if self.tap is not None and self.tap(pipe, step, self.done, kwargs["latents"]):
+            self.mark = None  # a preview was made: the next step starts at its first transformer call
         return {}
 
     def finish(self) -> None:

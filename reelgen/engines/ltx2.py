@@ -19,7 +19,8 @@ A segment runs as: text encoding → stage 1 steps (→ upsampling → stage 2 s
 → audio VAE + vocoder (skipped when the job has no audio) → centre crop to the output size. The
 pipelines return latents; decoding is done here so the audio decoder runs only when wanted and each
 stage can be timed. Progress is reported after every denoising step; ``on_step`` returning False
-raises ``Cancelled`` from inside the step callback, which stops the run at that step boundary.
+raises ``Cancelled`` from inside the step callback, which stops the run at that step boundary. Live
+previews ride on the same callback (``reelgen.engines.preview``) and never change the output.
 """
 
 from __future__ import annotations

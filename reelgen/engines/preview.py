@@ -69,9 +69,11 @@ class PreviewTap:
             return not self.last_stage  # the end of the last stage is the video itself
         return self.spec.every > 0 and done % self.spec.every == 0
 
-    def __call__(self, pipe: Any, index: int, done: int, latents: torch.Tensor) -> None:
-        """After the stage's step ``index``, ``done`` steps into the segment; ``latents`` as packed."""
-        if self.wanted(index, done):
+    def __call__(self, pipe: Any, index: int, done: int, latents: torch.Tensor) -> bool:
+        """After the stage's step ``index``, ``done`` steps into the segment (``latents`` as packed);
+        True when a preview was made."""
+        made = self.wanted(index, done)
+        if made:
             t0 = time.perf_counter()
             frames = self._decode(pipe, index, latents)
             self.timings.append(("preview", time.perf_counter() - t0))
@@ -83,6 +85,7 @@ class PreviewTap:
         # keep a copy when the next step makes a preview (its clean estimate needs these latents)
         upcoming = index + 1
         self.previous = latents.clone() if upcoming < self.stage.steps and self.wanted(upcoming, done + 1) else None
+        return made
 
     def _clean(self, pipe: Any, index: int, latents: torch.Tensor) -> torch.Tensor:
         sigmas = pipe.scheduler.sigmas

@@ -370,6 +370,7 @@ async function onSubmit(event) {
 // ---------------------------------------------------------------------------------------------
 function stopWatching() {
   if (!state.current) return;
+  if (state.current.previewUrl) URL.revokeObjectURL(state.current.previewUrl);
   clearTimeout(state.current.timer);
   clearInterval(state.current.elapsedTimer);
   state.current = null;
@@ -390,6 +391,8 @@ function watch(id, startedAt) {
   video.removeAttribute("src");
   $("result-link").hidden = true;
   $("result-meta").textContent = "";
+  $("task-preview-box").hidden = true;
+  $("task-preview").removeAttribute("src");
   const tick = () => {
     $("task-elapsed").textContent = `${Math.round((Date.now() - current.startedAt) / 1000)} s elapsed`;
   };
@@ -414,6 +417,7 @@ async function poll(current) {
   $("task-error").textContent = "";
   showTask(task);
   updateRecentRow(task);
+  await showPreview(current, task);
   if (["completed", "success", "failed", "cancelled"].includes(task.status)) {
     clearInterval(current.elapsedTimer);
     if (task.startedAt && task.completedAt) {
@@ -429,6 +433,30 @@ async function poll(current) {
 function schedule(current) {
   current.timer = setTimeout(() => poll(current), current.delay);
   current.delay = Math.min(current.delay * 1.5, POLL_MAX_MS);
+}
+
+// The task's latest live preview (an animated WebP the server keeps while the task runs and as long
+// as its result): fetched with the key on each poll, shown from a blob URL. 404 NO_PREVIEW: none yet.
+async function showPreview(current, task) {
+  const status = task.status === "success" ? "completed" : task.status;
+  if (!["processing", "completed"].includes(status)) return;
+  let response;
+  try {
+    response = await fetch(`/api/v1/tasks/${encodeURIComponent(task.id)}/preview`, {
+      headers: { Authorization: `Bearer ${currentKey()}` },
+    });
+  } catch (_) {
+    return; // a preview is a courtesy: the next poll tries again
+  }
+  if (!response.ok || state.current !== current) return;
+  const blob = await response.blob();
+  if (state.current !== current) return;
+  if (current.previewUrl) URL.revokeObjectURL(current.previewUrl);
+  current.previewUrl = URL.createObjectURL(blob);
+  $("task-preview").src = current.previewUrl;
+  $("task-preview-caption").textContent =
+    status === "completed" ? "The last live preview, before the video" : "Live preview (low resolution; updates as it runs)";
+  $("task-preview-box").hidden = false;
 }
 
 function videoUrl(task) {
