@@ -11,7 +11,10 @@ them) handed to the worker's ``livepreview.Publisher``, which encodes each previ
 task, exactly as a worker does; the publisher's last write is waited for, as the worker waits for it
 before completing. Reported per variant: the median wall time and the median CPU time of this
 process (user + system, all threads: less sensitive to other load on a shared machine), and the
-overhead of previews on each; also the engine's own time decoding previews and the previews made.
+overhead of previews on each (also the median of each round's back-to-back difference); and the
+previews' own cost measured inside each run with previews: the engine's time decoding them (on the
+render thread) plus the publisher thread's CPU time, as a share of that run's wall time — on a busy
+machine the A/B figures carry the load's noise, this share does not. Also the previews made.
 Both MP4s of a round are compared byte for byte (previews must not change the video). Results go
 to BENCHMARKS.md by hand; nothing here is asserted.
 """
@@ -133,43 +136,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = str(getattr(engine, "device", args.device))
     figures: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     preview_s: list[float] = []
+    publisher_cpu: list[float] = []
+    share: list[float] = []
     made: list[int] = []
     identical = True
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         store = _Store(root, profile.name)
 
-        def once(variant: str, out: Path) -> tuple[float, float, list[tuple[str, float]], int]:
+        def once(variant: str, out: Path) -> tuple[float, float, list[tuple[str, float]], Publisher | None]:
             timings: list[tuple[str, float]] = []
-            cpu0, t0 = _cpu_s(), time.perf_counter()
-            if variant == "off":
-                render(job, engine, out, timings=timings)
-                published = 0
-            else:
-                task_id, attempt = store.claimed_task()
+            publisher = None
+            if variant == "on":
+                task_id, attempt = store.claimed_task()  # the worker's claim: not part of the generation
                 publisher = Publisher(store.db, store.storage, task_id, attempt)
-                try:
+            cpu0, t0 = _cpu_s(), time.perf_counter()
+            try:
+                if publisher is None:
+                    render(job, engine, out, timings=timings)
+                else:
                     render(job, engine, out, timings=timings, previews=spec, on_preview=publisher)
-                finally:
-                    publisher.close()
-                published = publisher.published
+            finally:
+                if publisher is not None:
+                    publisher.close()  # as the worker: the last preview is recorded before completing
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            return time.perf_counter() - t0, _cpu_s() - cpu0, timings, published
+            return time.perf_counter() - t0, _cpu_s() - cpu0, timings, publisher
 
         for i in range(args.warmup + args.rounds):
             order = ("off", "on") if i % 2 == 0 else ("on", "off")
             outs: dict[str, bytes] = {}
             for variant in order:
                 out = root / f"{variant}{i}.mp4"
-                wall, cpu, timings, published = once(variant, out)
+                wall, cpu, timings, publisher = once(variant, out)
                 outs[variant] = out.read_bytes()
                 if i < args.warmup:
                     continue
                 figures[variant].append((wall, cpu))
-                if variant == "on":
-                    preview_s.append(sum(s for name, s in timings if name == "preview"))
-                    made.append(published)
+                if publisher is not None:
+                    engine_s = sum(s for name, s in timings if name == "preview")
+                    preview_s.append(engine_s)
+                    publisher_cpu.append(publisher.cpu_seconds)
+                    # the previews' own cost in this very run: the engine's decoding (on the render
+                    # thread) plus the publisher thread's CPU, against the run's wall time
+                    share.append(100 * (engine_s + publisher.cpu_seconds) / wall)
+                    made.append(publisher.published)
             identical = identical and outs["off"] == outs["on"]
         store.db.dispose()
 
@@ -177,6 +188,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return statistics.median(f[k] for f in figures[variant])
 
     wall_off, wall_on, cpu_off, cpu_on = median("off", 0), median("on", 0), median("off", 1), median("on", 1)
+    # each round's two runs ran back to back: their difference is less exposed to drifting load
+    paired = {
+        k: statistics.median(
+            100 * (on[k] - off[k]) / off[k] for off, on in zip(figures["off"], figures["on"], strict=True)
+        )
+        for k in (0, 1)
+    }
     return {
         "profile": profile.name,
         "device": device,
@@ -190,8 +208,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "overhead_pct": {
             "wall": round(100 * (wall_on - wall_off) / wall_off, 2),
             "cpu": round(100 * (cpu_on - cpu_off) / cpu_off, 2),
+            "wall_paired": round(paired[0], 2),
+            "cpu_paired": round(paired[1], 2),
         },
         "engine_preview_s": round(statistics.median(preview_s), 4),
+        "publisher_cpu_s": round(statistics.median(publisher_cpu), 4),
+        "preview_share_pct": round(statistics.median(share), 2),
         "previews_per_run": statistics.median(made),
         "all_wall_s": {k: [round(w, 3) for w, _ in v] for k, v in figures.items()},
         "all_cpu_s": {k: [round(c, 3) for _, c in v] for k, v in figures.items()},
@@ -209,9 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"previews {result['previews']}, {result['previews_per_run']} per run, {result['rounds']} rounds (median)")
     for key in ("wall_s", "cpu_s"):
         off, on = result[key]["off"], result[key]["on"]
-        pct = result["overhead_pct"][key.removesuffix("_s")]
-        print(f"  {key[:-2]:>4}: without {off:.3f} s, with {on:.3f} s, overhead {pct:+.2f}%")
-    print(f"  engine time decoding previews: {result['engine_preview_s']:.4f} s per run")
+        kind = key.removesuffix("_s")
+        pct, paired = result["overhead_pct"][kind], result["overhead_pct"][f"{kind}_paired"]
+        print(f"  {kind:>4}: without {off:.3f} s, with {on:.3f} s, overhead {pct:+.2f}% (paired rounds {paired:+.2f}%)")
+    print(
+        f"  previews' own time: engine {result['engine_preview_s']:.4f} s + publisher CPU "
+        f"{result['publisher_cpu_s']:.4f} s per run = {result['preview_share_pct']:.2f}% of the run"
+    )
     print(f"  videos identical with and without previews: {result['videos_identical']}")
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -128,6 +129,8 @@ class Publisher:
         self.task_id, self.attempt = task_id, attempt
         self.key = preview_key(task_id, attempt)
         self.published = 0
+        #: CPU seconds this publisher's thread spent encoding, storing and recording (benchmarks)
+        self.cpu_seconds = 0.0
         self._next: LivePreview | None = None
         self._closed = False
         self._cond = threading.Condition()
@@ -155,10 +158,13 @@ class Publisher:
                 preview, self._next = self._next, None
                 if preview is None:
                     return
+            start = time.thread_time()
             try:
                 self._publish(preview)
             except Exception as exc:  # a preview is a courtesy: the task goes on without it
                 log.warning("task %s attempt %d: preview not stored (%s)", self.task_id, self.attempt, exc)
+            finally:
+                self.cpu_seconds += time.thread_time() - start
 
     def _publish(self, preview: LivePreview) -> None:
         from PIL import Image
