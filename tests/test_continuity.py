@@ -303,3 +303,29 @@ def test_the_api_prices_it_as_usual_runs_it_and_captures_exactly(api: Any, ctx: 
     assert task["status"] == TaskStatus.COMPLETED.value, task
     assert abs(task["output"]["duration"] - 3.0) <= 1 / 24 + 1e-6 and task["output"]["hasAudio"] is True
     assert api.get("/api/v1/credits", headers=acc.headers).json()["data"] == {"credits": 1000 - PRICE, "reserved": 0}
+
+
+@pytest.mark.parametrize(
+    ("inp", "valid"),
+    [
+        ({"multi_shot_continuity": "cut"}, True),
+        ({"multi_shot_continuity": None}, True),
+        ({"multi_shot_continuity": "continue"}, False),
+        ({"multi_shots": False, "multi_shot_continuity": "same_subject"}, False),
+        ({"multi_shots": True, "multi_prompt": SHOTS, "multi_shot_continuity": "same_subject"}, True),
+        ({"multi_shots": True, "multi_prompt": SHOTS, "multi_shot_continuity": "fade"}, False),
+    ],
+)
+def test_the_document_and_the_parser_agree(api: Any, inp: dict[str, Any], valid: bool) -> None:
+    import jsonschema
+
+    spec = api.get("/openapi.json").json()
+    schema = {**spec["components"]["schemas"]["GenerateRequest"], "components": spec["components"]}
+    body = {"model": TEXT_TO_VIDEO, "input": {"prompt": "a fox", "duration": 3, **inp}}
+    assert (list(jsonschema.Draft202012Validator(schema).iter_errors(body)) == []) is valid
+    if valid:
+        parse_generate(body)
+    else:
+        with pytest.raises(ReelgenError) as err:
+            parse_generate(body)
+        assert err.value.code == ErrorCode.INVALID_INPUT
