@@ -65,7 +65,10 @@ class Engine(Protocol):
     def generate(self, job: Job, segment: Segment, on_step: StepCallback | None = None) -> Clip:
         """Generate one segment of ``job`` (frames trimmed to ``segment.seconds * job.fps``).
 
-        ``job.start_image`` conditions the job's first segment and ``job.end_image`` its last one.
+        ``job.start_image`` conditions the job's first segment and ``job.end_image`` its last one;
+        a later shot's continuity conditions read ``job.previous_frames`` / ``job.reference_image``,
+        which ``render`` fills from the shots before it (``reelgen.continuity.Carry``), and a
+        segment's ``lead_frames`` are generated but not returned.
         Invalid input raises ``ReelgenError`` before any work; ``on_step`` returning False raises
         ``Cancelled`` at the next step boundary. The same job and segment give the same clip.
         """
