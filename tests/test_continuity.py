@@ -329,3 +329,38 @@ def test_the_document_and_the_parser_agree(api: Any, inp: dict[str, Any], valid:
         with pytest.raises(ReelgenError) as err:
             parse_generate(body)
         assert err.value.code == ErrorCode.INVALID_INPUT
+
+
+def test_the_mcp_door_takes_it_with_the_same_rules(live_api: Any, ctx: Any) -> None:
+    from mcp import Client
+
+    from tests.factories import make_account
+    from tests.test_mcp import http_client, run
+
+    owner = make_account(ctx, credits=1000, name="agent")
+    shots = {"prompt": "snow", "duration": 3, "multi_shots": True, "multi_prompt": SHOTS}
+
+    async def body(c: Client) -> tuple[Any, Any]:
+        alone = await c.call_tool("estimate", {"prompt": "x", "duration": 3, "multi_shot_continuity": "continue"})
+        priced = await c.call_tool("estimate", {**shots, "multi_shot_continuity": "same_subject"})
+        assert alone.is_error and not priced.is_error, priced
+        return alone.content[0].text, priced.structured_content  # type: ignore[union-attr]
+
+    refused, priced = run(http_client(live_api.url, owner.key), body)
+    assert "INVALID_INPUT:" in refused and "multi_shot_continuity" in refused
+    assert priced["credits"] == PRICE
+
+
+def test_a_device_group_carries_the_frames_on_every_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two processes (cfg=2): rank 1 carries its own shot-1 frames into shot 2 (``devicegroup.follow``),
+    so the group completes and makes the video one process makes."""
+    common = ["generate", "snow", "--local", "--duration", "3", "--seed", "7", "--json", "--continuity", "continue"]
+    common += ["--shot", "a fox runs=1", "--shot", "the fox jumps=2"]
+    assert cli_main([*common, "-o", str(tmp_path / "one.mp4")]) == 0
+    one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cli_main([*common, "--devices", "cpu,cpu", "--parallel", "cfg=2", "-o", str(tmp_path / "two.mp4")]) == 0
+    two = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ["duration", "width", "height", "fps", "frames", "has_audio", "sample_rate"]:
+        assert two[key] == one[key], key
+    a, b = decoded(tmp_path / "one.mp4")[0], decoded(tmp_path / "two.mp4")[0]
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
