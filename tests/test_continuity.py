@@ -364,3 +364,18 @@ def test_a_device_group_carries_the_frames_on_every_rank(tmp_path: Path, capsys:
         assert two[key] == one[key], key
     a, b = decoded(tmp_path / "one.mp4")[0], decoded(tmp_path / "two.mp4")[0]
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
+
+
+def test_the_memory_estimate_counts_the_lead_frames_and_the_guide_tokens() -> None:
+    from reelgen.memory import estimate
+    from reelgen.profiles import get_profile
+
+    ltx2 = get_profile("ltx-2")
+    cut, cont, same = (estimate(shots_input(c), ltx2) for c in ("cut", "continue", "same_subject"))
+    assert cont.activations > cut.activations and same.activations > cut.activations
+    assert cont.decode >= cut.decode and cont.weights == cut.weights and cont.loras == cut.loras
+    # one shot has no later shot: nothing more to hold
+    alone = GenerateInput.model_validate(
+        {"prompt": "snow", "duration": 3, "multi_shots": True, "multi_prompt": [{"prompt": "a", "duration": 3}]}
+    )
+    assert estimate(alone.model_copy(update={"multi_shot_continuity": "continue"}), ltx2) == estimate(alone, ltx2)
