@@ -12,15 +12,22 @@ Invariants:
   decoded frames are centre-cropped to the output, never resampled.
 * A segment generates ``frames = 8k+1 >= seconds*fps + 1`` frames and keeps the first
   ``seconds*fps``; an end image conditions the last frame kept (pixel frame ``seconds*fps - 1``).
+* With ``enhance_prompt`` each segment carries an ``Enhancement``: the worker has the engine rewrite
+  the segment's text first (``reelgen.generation.enhance``) and the segment's ``prompt`` becomes the
+  enhanced text led by the LoRA trigger words (``Segment.enhanced``); the plan never runs a model.
+
+Why one module over 400 lines: the plan is one function and the types it returns; each request
+field it maps (shots, images, LoRAs, guidance, enhancement) reads best beside the others.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from reelgen.enhancement import SYSTEM_PROMPTS, Enhancement
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import AspectRatio, GenerateInput, Mode
 
@@ -122,13 +129,21 @@ class Segment:
     stages: tuple[Stage, ...] = ()
     #: used by classifier-free guidance; None when no stage is guided
     negative_prompt: str | None = None
+    #: the enhancement to run before encoding (``enhance_prompt``); None: ``prompt`` is encoded as is
+    enhancement: Enhancement | None = None
 
     @property
     def steps(self) -> int:
         return sum(s.steps for s in self.stages)
 
+    def enhanced(self, text: str) -> Segment:
+        """This segment conditioned on the enhancer's ``text`` (led by the LoRA trigger words)."""
+        if self.enhancement is None:
+            raise ValueError("the segment has no enhancement planned")
+        return replace(self, prompt=_with_triggers(text, list(self.enhancement.triggers)))
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
@@ -136,6 +151,9 @@ class Segment:
             "frames": self.num_frames,
             "stages": [s.as_dict() for s in self.stages],
         }
+        if self.enhancement is not None:
+            out["enhancement"] = self.enhancement.as_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -246,6 +264,35 @@ def request_loras(inp: GenerateInput, profile: Profile) -> tuple[tuple[str, floa
     return tuple(out)
 
 
+def request_enhancement(inp: GenerateInput, profile: Profile) -> bool:
+    """Whether the request asks for prompt enhancement; ``INVALID_INPUT`` when it does and this
+    profile has no enhancer."""
+    if not inp.enhance_prompt:
+        return False
+    if profile.prompt_enhancement is None:
+        raise _refuse("input.enhance_prompt", "this server has no prompt enhancer (its profile offers none)")
+    return True
+
+
+def _enhancement(
+    inp: GenerateInput, profile: Profile, source: str, *, first_frame: bool, triggers: list[str]
+) -> Enhancement | None:
+    """The enhancement a segment whose text is ``source`` runs (``first_frame``: the start image
+    conditions it, so the enhancer sees that image with the generation's image-to-video prompt)."""
+    if not request_enhancement(inp, profile):
+        return None
+    spec = profile.prompt_enhancement
+    assert spec is not None  # request_enhancement refused otherwise
+    return Enhancement(
+        source=source,
+        system_prompt=SYSTEM_PROMPTS[(profile.generation, first_frame)],
+        image="start" if first_frame else None,
+        max_new_tokens=spec.max_new_tokens,
+        sampling=spec.sampling,
+        triggers=tuple(triggers),
+    )
+
+
 def _with_request_loras(
     stage: tuple[tuple[str, float], ...], extra: tuple[tuple[str, float], ...]
 ) -> tuple[tuple[str, float], ...]:
@@ -322,10 +369,10 @@ def plan(
         shots = [(_shot_prompt(shared, s.prompt.strip()), s.duration) for s in inp.multi_prompt]
     else:
         shots = [(inp.prompt.strip(), inp.duration)]
-    shots = [(_with_triggers(prompt, triggers), seconds) for prompt, seconds in shots]
     segments = []
     negative = profile.negative_prompt if inp.negative_prompt is None else inp.negative_prompt
-    for i, (prompt, seconds) in enumerate(shots):
+    for i, (text, seconds) in enumerate(shots):
+        prompt = _with_triggers(text, triggers)
         if seconds < 1:
             raise ReelgenError(ErrorCode.INVALID_INPUT, f"a shot must last at least 1 s (got {seconds} s)")
         frames = model_frames(seconds, profile.fps)
@@ -362,6 +409,7 @@ def plan(
                 seed=derive_seed(seed, i),
                 stages=tuple(stages),
                 negative_prompt=negative if guided else None,
+                enhancement=_enhancement(inp, profile, text, first_frame=images >= 1 and i == 0, triggers=triggers),
             )
         )
     return Job(
