@@ -6,6 +6,7 @@ worker ran it, and a failing enhancer failing its task with its code and its cre
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from diffusers.pipelines.ltx2 import utils as ltx2_utils
 from PIL import Image
 
 from reelgen import pricing
+from reelgen.cli import main as cli_main
+from reelgen.client import Task
 from reelgen.domain import Job, TaskStatus, plan
 from reelgen.engines import Engine, load_engine
 from reelgen.engines.base import Clip
@@ -228,6 +231,15 @@ def test_lora_trigger_words_lead_the_enhanced_text_not_the_enhancers_input(tmp_p
     assert seg.enhanced("An inkwash fox.").prompt == "An inkwash fox."
 
 
+def test_the_cli_asks_for_it_and_the_plan_shows_it(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["generate", "a fox", "--profile", "ltx-2-tiny", "--duration", "3", "--enhance-prompt"]
+    assert cli_main([*args, "--plan"]) == 0
+    enhancement = json.loads(capsys.readouterr().out)["segments"][0]["enhancement"]
+    assert enhancement["system_prompt"] == "T2V_DEFAULT_SYSTEM_PROMPT" and enhancement["max_new_tokens"] == 16
+    assert cli_main([*args, "--local", "--devices", "cpu,cpu"]) != 0  # refused before any process starts
+    assert "--enhance-prompt runs on one device here" in capsys.readouterr().err
+
+
 # -- the engine ---------------------------------------------------------------------------------
 def test_the_enhancer_gets_the_plans_inputs_and_the_transformer_its_text(
     tiny_engine: Engine, tiny_profile: Profile, calls: dict[str, list[dict[str, Any]]]
@@ -330,6 +342,7 @@ def test_a_worker_shows_the_enhanced_prompt_on_the_completed_task(
             # what the model was conditioned on, shown as the task's enhancedPrompt
             assert done["enhancedPrompt"] == row.enhanced_prompts[0] == calls["encode"][-1]["prompt"]
             assert done["enhancedMultiPrompt"] is None and done["creditsUsed"] == PRICE + 42
+            assert Task.from_api(done).enhancedPrompt == done["enhancedPrompt"]  # the SDK's task reads it
         balance = rig.db.run(lambda conn: ledger.balance(conn, acc.id))
         assert (balance.available, balance.reserved, balance.captured) == (1000 - PRICE - 42, 0, PRICE + 42)
         shots = rig.submit(
