@@ -50,9 +50,11 @@ def duration_bucket(seconds: int) -> str:
 
 
 def request_class(profile: str, model: str, inp: GenerateInput) -> str:
-    """The key under which run times are learned, e.g. ``ltx-2-tiny|kling-3-0-text-to-video|standard|3-5|audio``."""
+    """The key under which run times are learned, e.g. ``ltx-2-tiny|kling-3-0-text-to-video|standard|3-5|audio``
+    (``|enhanced`` added when the prompt enhancer runs first: its time is learned apart)."""
     audio = "audio" if inp.audio else "silent"
-    return f"{profile}|{model}|{inp.mode.value}|{duration_bucket(inp.duration)}|{audio}"
+    enhanced = "|enhanced" if inp.enhance_prompt else ""
+    return f"{profile}|{model}|{inp.mode.value}|{duration_bucket(inp.duration)}|{audio}{enhanced}"
 
 
 def typical_run_seconds(conn: Connection, klass: str) -> float | None:

@@ -18,7 +18,7 @@ from diffusers import LTX2Pipeline
 from diffusers.pipelines.ltx2 import utils as ltx2_utils
 from PIL import Image
 
-from reelgen import pricing
+from reelgen import pricing, progress
 from reelgen.cli import main as cli_main
 from reelgen.client import Task
 from reelgen.domain import Job, TaskStatus, plan
@@ -142,6 +142,9 @@ def test_the_price_adds_the_profiles_credits_per_enhanced_prompt(tiny_profile: P
         }
     )
     assert pricing.credits_for(shots, tiny_profile) == 210 + 2 * 42  # one enhanced prompt per shot
+    # ETAs and the fair queue learn the run time of enhanced requests apart from the rest
+    assert progress.request_class("p", T2V, base) == "p|kling-3-0-text-to-video|standard|3-5|audio"
+    assert progress.request_class("p", T2V, shots) == "p|kling-3-0-text-to-video|standard|3-5|audio|enhanced"
 
 
 @pytest.fixture
