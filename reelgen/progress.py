@@ -50,11 +50,14 @@ def duration_bucket(seconds: int) -> str:
 
 
 def request_class(profile: str, model: str, inp: GenerateInput) -> str:
-    """The key under which run times are learned, e.g. ``ltx-2-tiny|kling-3-0-text-to-video|standard|3-5|audio``
-    (``|enhanced`` added when the prompt enhancer runs first: its time is learned apart)."""
+    """The key under which run times are learned, e.g. ``ltx-2-tiny|kling-3-0-text-to-video|standard|3-5|audio``;
+    a request that runs through adapters (``loras``, ``camera_control``: loaded on first use, then switched
+    per task) is learned apart, ``...|audio|adapters``, and so is one whose prompt the enhancer rewrites
+    first, ``...|enhanced``."""
     audio = "audio" if inp.audio else "silent"
-    enhanced = "|enhanced" if inp.enhance_prompt else ""
-    return f"{profile}|{model}|{inp.mode.value}|{duration_bucket(inp.duration)}|{audio}{enhanced}"
+    klass = f"{profile}|{model}|{inp.mode.value}|{duration_bucket(inp.duration)}|{audio}"
+    klass = f"{klass}|adapters" if inp.loras or inp.camera_control else klass
+    return f"{klass}|enhanced" if inp.enhance_prompt else klass
 
 
 def typical_run_seconds(conn: Connection, klass: str) -> float | None:
