@@ -22,13 +22,12 @@ from reelgen import service
 from reelgen.config import Settings
 from reelgen.domain import TaskStatus
 from reelgen.executor.ray import DISPATCHER_NAME, NAMESPACE, RayExecutor, wait_for_engines
+from reelgen.executor.raygroup import group_devices
 from reelgen.store import ledger
 from tests.engines import importable_env
 from tests.factories import generate_body, make_account
 from tests.test_parallel import MP4_MIN_PSNR_DB, _video
 from tests.test_ray import DEADLINE, SLOW, RayRig, _running
-
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 PROFILE = "tiny-guided-faults"
 PROFILES = f"""
@@ -100,6 +99,8 @@ def placement(rig: RayRig) -> str:
     return pg_id
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_group_of_two_rank_actors_renders_the_one_process_video(rig: RayRig, tmp_path: Path) -> None:
     from ray.util.placement_group import placement_group_table
 
@@ -146,6 +147,8 @@ def _placement_of_this_actor(_: object) -> str:
     return str(ray.get_runtime_context().get_placement_group_id())
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_killing_a_rank_ends_the_group_attempt_and_the_retry_completes_on_a_new_group(rig: RayRig) -> None:
     from ray.util.placement_group import placement_group_table
 
@@ -170,3 +173,20 @@ def test_killing_a_rank_ends_the_group_attempt_and_the_retry_completes_on_a_new_
     assert placement(rig) != old_pg
     assert placement_group_table()[old_pg]["state"] == "REMOVED"
     assert rig.db.run(ledger.check) == []
+
+
+def test_each_rank_runs_on_its_own_gpu_among_the_groups_gpus() -> None:
+    assert group_devices([[], []]) == (["cpu", "cpu"], None)
+    # Ray gave rank 0 GPU 10 and rank 1 GPU 2: both see "2,10", rank 0 uses the second
+    assert group_devices([["10"], ["2"]]) == (["cuda:1", "cuda:0"], "2,10")
+    assert group_devices([["3"], ["1"], ["0"], ["2"]]) == (["cuda:3", "cuda:1", "cuda:0", "cuda:2"], "0,1,2,3")
+
+
+def test_the_ray_executor_refuses_a_group_it_cannot_form_before_starting(tmp_path: Path) -> None:
+    from reelgen.errors import ErrorCode, ReelgenError
+
+    executor = RayExecutor(Settings(data_dir=tmp_path, executor="ray", devices="cpu,cpu", parallel="ulysses=2"))
+    with pytest.raises(ReelgenError) as err:
+        executor.start()
+    assert err.value.code is ErrorCode.INVALID_SETTINGS
+    assert "huggingface/diffusers#14316" in err.value.message
