@@ -35,7 +35,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.executor.raygroup import Placed, place_group, retire
+from reelgen.executor.raygroup import Placed, drain, place_group, retire
 
 if TYPE_CHECKING:
     from reelgen.attempt import Worker
@@ -91,12 +91,7 @@ class EngineActor:
 
     def drain(self) -> None:
         """Stop claiming; the current task finishes or is handed back within the grace period."""
-        if self.worker.drain("asked to drain by the dispatcher"):
-            threading.Thread(target=self._enforce_grace, name="grace", daemon=True).start()
-
-    def _enforce_grace(self) -> None:
-        threading.Event().wait(self.worker.settings.shutdown_grace_seconds)
-        self.worker.stop_current()  # it stops at its next step boundary and hands its task back
+        drain(self.worker)
 
 
 class Dispatcher:

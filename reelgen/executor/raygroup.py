@@ -120,15 +120,21 @@ class RankActor:
             self.worker.wake()
 
     def drain(self) -> None:
-        """Rank 0: stop claiming; the current task finishes or is handed back within the grace period,
-        then the followers are told to stop."""
-        if self.worker is not None and self.worker.drain("asked to drain by the dispatcher"):
-            threading.Thread(target=self._enforce_grace, name="grace", daemon=True).start()
+        """Rank 0: as an engine actor's drain; once the worker's loop ends the followers are told to stop."""
+        if self.worker is not None:
+            drain(self.worker)
 
-    def _enforce_grace(self) -> None:
-        assert self.worker is not None
-        threading.Event().wait(self.worker.settings.shutdown_grace_seconds)
-        self.worker.stop_current()
+
+def drain(worker: Worker) -> None:
+    """An engine's drain (asked by the dispatcher): stop claiming; the current task finishes within the
+    grace period, else it stops at its next step boundary and is handed back."""
+
+    def enforce_grace() -> None:
+        threading.Event().wait(worker.settings.shutdown_grace_seconds)
+        worker.stop_current()
+
+    if worker.drain("asked to drain by the dispatcher"):
+        threading.Thread(target=enforce_grace, name="grace", daemon=True).start()
 
 
 @dataclass
