@@ -278,10 +278,12 @@ class Worker:
 
     def _execute(self, att: Attempt) -> None:
         from reelgen.engines.base import Cancelled
+        from reelgen.generation import enhance
 
         task = att.task
         try:
             job = self._plan(task)
+            job, enhanced = enhance(job, self.engine, on_progress=lambda d, t: self._on_step(att, d, t))
             info = self._render(att, job)
         except Cancelled:
             if att.stop_reason is StopReason.SHUTDOWN:
@@ -301,7 +303,7 @@ class Worker:
             log.exception("task %s attempt %d: unexpected error", task.id, task.attempt)
             self._fail(att, ErrorCode.GENERATION_FAILED.value, GENERIC_FAILURE)
             return
-        self._finish(att, info)
+        self._finish(att, info, enhanced or None)
 
     def _render(self, att: Attempt, job: Job) -> MediaInfo:
         """Render the job into the attempt's scratch file; with the profile's live previews on, each
@@ -368,8 +370,9 @@ class Worker:
         return not att.stop.is_set()
 
     # -- outcomes ---------------------------------------------------------------------------
-    def _finish(self, att: Attempt, info: MediaInfo) -> None:
-        """Store the output, then complete the task (capturing credits); delete the output if that is refused."""
+    def _finish(self, att: Attempt, info: MediaInfo, enhanced: tuple[str, ...] | None = None) -> None:
+        """Store the output, then complete the task (capturing credits) with the prompts the enhancer
+        wrote (``enhanced``, one per segment); delete the output if completing is refused."""
         from reelgen.store import tasks
 
         task = att.task
@@ -395,6 +398,7 @@ class Worker:
                     duration=info.duration,
                     has_audio=info.has_audio,
                     now=utcnow(),
+                    enhanced_prompts=enhanced,
                 )
 
             won: bool | None

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from reelgen import memory, pricing, progress, webhooks
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.planning import request_loras
+from reelgen.planning import request_enhancement, request_loras
 from reelgen.safehttp import FetchPolicy
 from reelgen.schemas import MAX_SEED, GenerateInput, GenerateRequest, parse_generate
 from reelgen.service.admission import limits_of
@@ -90,6 +90,7 @@ def _validated(ctx: Context, body: Any) -> _Checked:
             ],
         )
     request_loras(inp, ctx.profile)  # LoRAs and camera moves this server offers, or INVALID_INPUT
+    request_enhancement(inp, ctx.profile)  # a prompt enhancer this server has, or INVALID_INPUT
     memory.check_fits(inp, ctx.profile)  # a request that can never fit a worker's GPU: INVALID_INPUT
     callback_url = None
     if request.callback_url is not None:

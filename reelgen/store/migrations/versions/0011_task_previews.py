@@ -1,7 +1,7 @@
 """Live previews: the latest preview of each task (table ``task_previews``).
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0012
 Create Date: 2026-11-30
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0007"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
