@@ -10,17 +10,24 @@ Invariants:
 * ``Job.width`` x ``Job.height`` is the MP4's size; stages run at the generation size (the output
   rounded up to what the model accepts, stage 1 at half of it when a stage 2 follows) and the
   decoded frames are centre-cropped to the output, never resampled.
-* A segment generates ``frames = 8k+1 >= seconds*fps + 1`` frames and keeps the first
-  ``seconds*fps``; an end image conditions the last frame kept (pixel frame ``seconds*fps - 1``).
+* A segment generates ``frames = 8k+1 >= seconds*fps + max(lead_frames, 1)`` frames and keeps
+  ``seconds*fps`` of them from ``lead_frames`` on (0 unless a ``continue`` shot starts from the
+  previous shot's last frames, ``reelgen.continuity``); an end image conditions the last frame kept
+  (pixel frame ``lead_frames + seconds*fps - 1``).
+
+Why one module over 400 lines: the plan's dataclasses and ``plan``, which fills them from every
+request field, are one definition that an operator (``--plan``) and the engine read alike; what
+stands apart already lives apart (``reelgen.continuity``, ``reelgen.schedules``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from reelgen.continuity import lead_frames, shot_conditions
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import AspectRatio, GenerateInput, Mode
 
@@ -34,9 +41,10 @@ TEXT_PIPELINE = "LTX2Pipeline"
 CONDITION_PIPELINE = "LTX2ConditionPipeline"
 
 
-def model_frames(seconds: int, fps: int) -> int:
-    """Frames the LTX-2 model must generate to cover ``seconds``: the smallest 8k+1 >= seconds*fps+1."""
-    return 8 * math.ceil(seconds * fps / 8) + 1
+def model_frames(seconds: int, fps: int, lead: int = 0) -> int:
+    """Frames the LTX-2 model must generate to cover ``seconds`` after ``lead`` frames it does not
+    keep: the smallest 8k+1 >= seconds*fps + max(lead, 1)."""
+    return 8 * math.ceil((seconds * fps + max(lead, 1) - 1) / 8) + 1
 
 
 def derive_seed(seed: int, index: int) -> int:
@@ -62,6 +70,11 @@ class Condition:
     strength: float = 1.0
     #: H.264 CRF the image is re-compressed with before encoding (0: not re-compressed)
     crf: int = 33
+    #: pixel frames it holds: 1 for an image; the previous shot's last frames (``image="previous"``)
+    frames: int = 1
+    #: a guide keyframe: appended tokens that steer the frames at ``pixel_frame`` without replacing
+    #: any (at pixel frame 0 too, where an image otherwise replaces the first latent frame)
+    guide: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,10 +117,7 @@ class Stage:
             "sigmas": list(self.sigmas),
             "guidance": dict(self.guidance),
             "loras": [{"name": n, "strength": s} for n, s in self.loras],
-            "conditions": [
-                {"image": c.image, "pixel_frame": c.pixel_frame, "strength": c.strength, "crf": c.crf}
-                for c in self.conditions
-            ],
+            "conditions": [asdict(c) for c in self.conditions],
         }
 
 
@@ -122,6 +132,8 @@ class Segment:
     stages: tuple[Stage, ...] = ()
     #: used by classifier-free guidance; None when no stage is guided
     negative_prompt: str | None = None
+    #: generated frames before the kept ones (a ``continue`` shot's copy of the previous shot's end)
+    lead_frames: int = 0
 
     @property
     def steps(self) -> int:
@@ -134,6 +146,7 @@ class Segment:
             "seed": self.seed,
             "seconds": self.seconds,
             "frames": self.num_frames,
+            "lead_frames": self.lead_frames,
             "stages": [s.as_dict() for s in self.stages],
         }
 
@@ -154,16 +167,31 @@ class Job:
     generation_width: int = 0
     generation_height: int = 0
     max_sequence_length: int = 1024
+    #: ``multi_shot_continuity``: ``cut``, ``continue`` or ``same_subject`` (``reelgen.continuity``)
+    continuity: str = "cut"
     start_image: Image.Image | None = field(default=None, compare=False)
     end_image: Image.Image | None = field(default=None, compare=False)
+    #: carried from earlier shots while the job runs (``continuity.Carry``): the previous shot's
+    #: last frames and shot 1's reference, each at the output size
+    previous_frames: tuple[Image.Image, ...] = field(default=(), compare=False)
+    reference_image: Image.Image | None = field(default=None, compare=False)
 
     @property
     def seconds(self) -> int:
         return sum(s.seconds for s in self.segments)
 
     def image(self, which: str) -> Image.Image | None:
-        """The image a ``Condition`` names: ``start`` or ``end``."""
-        return self.start_image if which == "start" else self.end_image
+        """The image a ``Condition`` names: ``start``, ``end`` or ``reference``."""
+        return {"start": self.start_image, "end": self.end_image, "reference": self.reference_image}.get(which)
+
+    def pictures(self, condition: Condition) -> list[Image.Image]:
+        """What ``condition`` puts in: its image, or the previous shot's last ``frames`` frames
+        (empty when the job does not hold them)."""
+        if condition.image == "previous":
+            held = self.previous_frames
+            return list(held[-condition.frames :]) if len(held) >= condition.frames else []
+        image = self.image(condition.image)
+        return [] if image is None else [image]
 
     @property
     def total_steps(self) -> int:
@@ -183,6 +211,7 @@ class Job:
             "audio": self.audio,
             "generation_width": self.generation_width,
             "generation_height": self.generation_height,
+            "continuity": self.continuity,
             "segments": [s.as_dict() for s in self.segments],
         }
 
@@ -317,6 +346,7 @@ def plan(
     images = len(inp.image_urls or ())
     extra = request_loras(inp, profile)
     triggers = list(dict.fromkeys(t for name, _ in extra for t in profile.loras[name].trigger_words))
+    continuity = inp.multi_shot_continuity if inp.multi_shots else None
     if inp.multi_shots and inp.multi_prompt:
         shared = inp.prompt.strip()
         shots = [(_shot_prompt(shared, s.prompt.strip()), s.duration) for s in inp.multi_prompt]
@@ -328,12 +358,13 @@ def plan(
     for i, (prompt, seconds) in enumerate(shots):
         if seconds < 1:
             raise ReelgenError(ErrorCode.INVALID_INPUT, f"a shot must last at least 1 s (got {seconds} s)")
-        frames = model_frames(seconds, profile.fps)
-        conditions: list[Condition] = []
+        lead = lead_frames(continuity, i)
+        frames = model_frames(seconds, profile.fps, lead)
+        conditions: list[Condition] = shot_conditions(continuity, i, profile)
         if images >= 1 and i == 0:
             conditions.append(Condition("start", 0, 1.0, profile.image_crf))
         if images >= 2 and i == len(shots) - 1:
-            conditions.append(Condition("end", seconds * profile.fps - 1, 1.0, profile.image_crf))
+            conditions.append(Condition("end", lead + seconds * profile.fps - 1, 1.0, profile.image_crf))
         stages = []
         for k, st in enumerate(spec.stages):
             half = spec.two_stage and k == 0
@@ -362,6 +393,7 @@ def plan(
                 seed=derive_seed(seed, i),
                 stages=tuple(stages),
                 negative_prompt=negative if guided else None,
+                lead_frames=lead,
             )
         )
     return Job(
@@ -376,6 +408,7 @@ def plan(
         generation_width=gen_w,
         generation_height=gen_h,
         max_sequence_length=profile.max_sequence_length,
+        continuity=continuity or "cut",
     )
 
 

@@ -51,6 +51,9 @@ class Clip:
     rows: dict[str, int] = field(default_factory=dict)
     #: transformer calls per stage that the step cache answered without running the blocks
     cached: dict[str, int] = field(default_factory=dict)
+    #: the soundtrack the model made over a ``continue`` shot's lead frames (the previous shot's last
+    #: frames, not kept): the file crossfades the previous shot's end into it (``Mp4Writer.add``)
+    lead_audio: np.ndarray | None = None
 
 
 class Engine(Protocol):
@@ -62,7 +65,10 @@ class Engine(Protocol):
     def generate(self, job: Job, segment: Segment, on_step: StepCallback | None = None) -> Clip:
         """Generate one segment of ``job`` (frames trimmed to ``segment.seconds * job.fps``).
 
-        ``job.start_image`` conditions the job's first segment and ``job.end_image`` its last one.
+        ``job.start_image`` conditions the job's first segment and ``job.end_image`` its last one;
+        a later shot's continuity conditions read ``job.previous_frames`` / ``job.reference_image``,
+        which ``render`` fills from the shots before it (``reelgen.continuity.Carry``), and a
+        segment's ``lead_frames`` are generated but not returned.
         Invalid input raises ``ReelgenError`` before any work; ``on_step`` returning False raises
         ``Cancelled`` at the next step boundary. The same job and segment give the same clip.
         """
@@ -79,10 +85,12 @@ def check_segment(job: Job, segment: Segment, *, num_layers: int, has_upsampler:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"a shot must last at least 1 s (got {segment.seconds} s)")
     if job.fps <= 0:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"fps {job.fps} must be positive")
-    if segment.num_frames % 8 != 1 or segment.num_frames < segment.seconds * job.fps + 1:
+    lead = segment.lead_frames
+    if lead < 0 or segment.num_frames % 8 != 1 or segment.num_frames < segment.seconds * job.fps + max(lead, 1):
         raise ReelgenError(
             ErrorCode.INVALID_INPUT,
-            f"num_frames {segment.num_frames} must be 8k+1 and cover {segment.seconds} s at {job.fps} fps",
+            f"num_frames {segment.num_frames} must be 8k+1 and cover {segment.seconds} s at {job.fps} fps"
+            + (f" after {lead} lead frames" if lead else ""),
         )
     if not segment.stages or len(segment.stages) > 2:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"a segment has one or two stages (got {len(segment.stages)})")
@@ -103,7 +111,7 @@ def check_segment(job: Job, segment: Segment, *, num_layers: int, has_upsampler:
                 f"{stage.name}: STG blocks {blocks} outside the transformer's 0-{num_layers - 1}",
             )
         for c in stage.conditions:
-            if job.image(c.image) is None:
+            if not job.pictures(c):
                 raise ReelgenError(ErrorCode.INVALID_INPUT, f"the plan conditions on a {c.image} image; none given")
             if not 0 <= c.pixel_frame < segment.num_frames:
                 raise ReelgenError(

@@ -216,16 +216,19 @@ class LTX2Engine:
             raise ReelgenError(ErrorCode.GENERATION_FAILED, f"out of GPU memory on {self.device}: {exc}") from None
         finally:
             hook.remove()
-        keep = segment.seconds * job.fps
+        # a continue shot's lead frames are the previous shot's last ones: kept out, with their sound
+        lead, keep = segment.lead_frames, segment.seconds * job.fps
+        lead_samples = lead * self.sample_rate // job.fps
         want_samples = segment.seconds * self.sample_rate
         return Clip(
-            frames=_centre_crop(frames[:keep], job.width, job.height),
+            frames=_centre_crop(frames[lead : lead + keep], job.width, job.height),
             fps=job.fps,
-            audio=_fit_samples(sound, want_samples) if sound is not None else None,
+            audio=_fit_samples(sound[..., lead_samples:], want_samples) if sound is not None else None,
             sample_rate=self.sample_rate if sound is not None else None,
             timings=timings,
             rows=progress.rows,
             cached=self.step_cache.take(),
+            lead_audio=sound[..., :lead_samples].astype("float32") if sound is not None and lead else None,
         )
 
     def _timed(self, timings: list[tuple[str, float]], name: str, fn: Callable[[], Any]) -> Any:
@@ -302,16 +305,30 @@ class LTX2Engine:
         return upsample(latents=video, latents_normalized=False, output_type="latent", return_dict=False)[0]  # type: ignore[no-any-return]
 
     def _conditions(self, job: Job, segment: Segment, stage: Stage) -> list[Any]:
-        """The stage's image conditions: images at the generation size, at their pixel frames."""
+        """The stage's conditions: images (or the previous shot's last frames) at the generation size,
+        at their pixel frames."""
         conditions = lib("reelgen.engines.conditions")
         last = segment.stages[-1]
         out = []
         for c in stage.conditions:
-            image = job.image(c.image)
-            assert image is not None  # checked by _check
-            fitted = image if image.size == (job.width, job.height) else _fit(image, job.width, job.height)
-            padded = conditions.pad_to(fitted, last.width, last.height)
-            out.append(conditions.condition_for(padded, c.pixel_frame, c.strength, c.crf, segment.num_frames))
+            padded = [
+                conditions.pad_to(
+                    image if image.size == (job.width, job.height) else _fit(image, job.width, job.height),
+                    last.width,
+                    last.height,
+                )
+                for image in job.pictures(c)  # never empty: checked by check_segment
+            ]
+            out.append(
+                conditions.condition_for(
+                    padded[0] if len(padded) == 1 else padded,
+                    c.pixel_frame,
+                    c.strength,
+                    c.crf,
+                    segment.num_frames,
+                    guide=c.guide,
+                )
+            )
         return out
 
     def _decode_video(self, latents: torch.Tensor) -> np.ndarray:
