@@ -60,7 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a device group, e.g. cuda:0,cuda:1: the professional run again on the group (one process each), "
         "with its scaling over --device",
     )
-    ap.add_argument("--parallel", default=None, help="with --devices: cfg=N,ulysses=N,ring=N (default cfg=N)")
+    ap.add_argument(
+        "--parallel",
+        default=None,
+        help="with --devices: cfg=N,ulysses=N (default cfg=N; ring is refused, see docs/deploy.md)",
+    )
     ap.add_argument("--out", default="bench-gpu.json")
     return ap.parse_args(argv)
 
@@ -256,7 +260,8 @@ def trimmed_job(profile: Any, mode: str, seconds: int, stage1_steps: int | None)
 
 def group_run(profile: Any, devices: list[str], flag: str | None, stage1: int | None, single: dict[str, Any]) -> Any:
     """The professional run on a device group (``reelgen.devicegroup``) against ``single``, the same
-    run on one device: seconds, the transformer calls split across the group, scaling and PSNR."""
+    run on one device: seconds, the transformer calls split across the group (guidance rows:
+    ``split_calls``; the sequence, Ulysses: ``sequence_calls``), scaling and PSNR."""
     from reelgen.devicegroup import render_on_group
     from reelgen.engines.parallel import ParallelSpec
 
@@ -275,8 +280,10 @@ def group_run(profile: Any, devices: list[str], flag: str | None, stage1: int | 
         "extrapolated": False,
         "single_device_seconds": single["seconds_measured"],
         "scaling": round(single["seconds_measured"] / seconds, 2) if seconds else None,
-        "ideal_scaling_of_the_split_calls": spec.cfg,
+        "ideal_scaling_of_the_split_calls": spec.cfg * spec.ulysses,
         "split_calls": result.split_calls,
+        "sequence_calls": result.sequence_calls,
+        "uneven_calls": result.uneven_calls,
         "whole_calls": result.whole_calls,
         "transformer_rows": single["transformer_rows"],
         "peak_gib": None,

@@ -40,6 +40,9 @@ class GroupResult:
     whole_calls: int
     scheduled_calls: int = 0
     ahead_calls: int = 0
+    #: transformer calls run sequence-parallel (Ulysses), and of those the ones with uneven shards
+    sequence_calls: int = 0
+    uneven_calls: int = 0
 
 
 def load_on_group(profile: Profile, group: Group, load_format: str = "auto") -> tuple[Engine, Any]:
@@ -102,6 +105,7 @@ def _rank_main(
             return True
 
         info = lead(job, engine, group, Path(out), progress)
+        sequence = group.sequence_split
         result = GroupResult(
             info=info.as_dict(),
             load_seconds=round(load_s, 3),
@@ -112,6 +116,8 @@ def _rank_main(
             whole_calls=split.whole_calls if split is not None else 0,
             scheduled_calls=split.scheduled_calls if split is not None else 0,
             ahead_calls=split.ahead_calls if split is not None else 0,
+            sequence_calls=sequence.even_calls + sequence.uneven_calls if sequence is not None else 0,
+            uneven_calls=sequence.uneven_calls if sequence is not None else 0,
         )
         Path(report).write_text(json.dumps(result.__dict__))
     finally:

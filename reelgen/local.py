@@ -178,6 +178,8 @@ def run_local(args: argparse.Namespace) -> int:
             "split_calls": result.split_calls,
             "scheduled_calls": result.scheduled_calls,
             "ahead_calls": result.ahead_calls,
+            "sequence_calls": result.sequence_calls,
+            "uneven_calls": result.uneven_calls,
         }
     else:
         media, load_s, gen_s, random_weights = _render_here(

@@ -235,7 +235,7 @@ def test_a_group_that_does_not_fit_the_devices_is_refused(profiles_file: Path, t
     assert not (tmp_path / "x.mp4").exists()
 
 
-# -- sequence parallelism: what gloo has, what diffusers lacks --------------------------------------------
+# -- sequence parallelism: the mesh and diffusers' attention on gloo -------------------------------------------
 def _mesh_rank(rank: int, devices: list[str], port: int, spec: ParallelSpec, out: str) -> None:
     import torch
     import torch.distributed as dist
@@ -305,7 +305,7 @@ def _attention_rank(rank: int, devices: list[str], port: int, mode: str, out: st
 
 def test_ulysses_attention_runs_on_gloo_and_matches_one_process(tmp_path: Path) -> None:
     # diffusers' Ulysses all-to-all (all_to_all_single) on gloo: the sequence-split attention equals
-    # the whole one; what stops LTX-2 is diffusers' plan and mask sharding, not gloo
+    # the whole one (LTX-2's plan and mask fixes on top of it: tests/test_ulysses.py)
     out = str(tmp_path / "ulysses")
     run_group(["cpu", "cpu"], _attention_rank, "ulysses", out)
     for rank in range(2):
@@ -319,12 +319,3 @@ def test_ring_attention_needs_a_cuda_backend(tmp_path: Path) -> None:
     run_group(["cpu", "cpu"], _attention_rank, "ring", out)
     for rank in range(2):
         assert "return_lse" in json.loads(Path(f"{out}.{rank}").read_text())["refused"]
-
-
-@pytest.mark.parametrize("flag", ["cfg=1,ulysses=2", "ring=2", "cfg=2,ulysses=2"])
-def test_sequence_parallel_for_ltx2_is_refused_with_the_reason(profiles_file: Path, flag: str) -> None:
-    devices = ["cpu"] * ParallelSpec.parse(flag).world
-    with pytest.raises(ReelgenError) as err:
-        ParallelSpec.of(guided(profiles_file), flag, devices)
-    assert err.value.code == ErrorCode.INVALID_SETTINGS
-    assert "huggingface/diffusers#14316" in err.value.message

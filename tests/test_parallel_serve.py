@@ -96,7 +96,7 @@ def test_a_killed_rank_ends_the_attempt_and_the_task_is_retried_and_charged_once
 
 @pytest.mark.parametrize(
     ("devices", "parallel", "message"),
-    [("cpu,cpu,cpu", "cfg=2", "groups 2 devices; 3 listed"), ("cpu,cpu", "ulysses=2", "diffusers#14316")],
+    [("cpu,cpu,cpu", "cfg=2", "groups 2 devices; 3 listed"), ("cpu,cpu", "ring=2", "return_lse")],
 )
 def test_serve_refuses_a_group_it_cannot_form(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], devices: str, parallel: str, message: str

@@ -185,8 +185,8 @@ def test_each_rank_runs_on_its_own_gpu_among_the_groups_gpus() -> None:
 def test_the_ray_executor_refuses_a_group_it_cannot_form_before_starting(tmp_path: Path) -> None:
     from reelgen.errors import ErrorCode, ReelgenError
 
-    executor = RayExecutor(Settings(data_dir=tmp_path, executor="ray", devices="cpu,cpu", parallel="ulysses=2"))
+    executor = RayExecutor(Settings(data_dir=tmp_path, executor="ray", devices="cpu,cpu", parallel="ring=2"))
     with pytest.raises(ReelgenError) as err:
         executor.start()
     assert err.value.code is ErrorCode.INVALID_SETTINGS
-    assert "huggingface/diffusers#14316" in err.value.message
+    assert "return_lse" in err.value.message

@@ -11,10 +11,11 @@ step; only the transformer's work is shared out:
   the guidance group and the outputs are ``all_gather``-ed (gloo, NCCL) before the pipeline's
   guidance combination sees them; with ``cfg = 2`` the one-row STG and modality calls are scheduled
   ahead on rank 1 (see ``GuidanceSplit``). Unguided stages run whole on every rank.
-* **sequence** (``ulysses``, ``ring``): diffusers' context parallelism
-  (``transformer.enable_parallelism(config=ContextParallelConfig(...))``) on the ``ring x ulysses``
-  sub-mesh. See ``enable_sequence_parallel`` for what diffusers 0.42 lacks for LTX-2 and what gloo
-  lacks for each mode.
+* **sequence** (``ulysses``): diffusers' context parallelism (``ContextParallelConfig``, its
+  templated Ulysses attention and split hooks) on the ``ring x ulysses`` sub-mesh, with our plan
+  for LTX-2 and the fixes diffusers 0.42 lacks (``reelgen.engines.sequence``). ``ring`` is refused
+  (``SEQUENCE_PARALLEL_BLOCKERS``). With ``cfg`` too, ``GuidanceSplit`` wraps outside: the rows
+  are split first, then each row's sequence across the Ulysses peers (same guidance index).
 
 The mesh is ``(cfg, ring, ulysses)``: rank ``r`` has guidance index ``r // (ring * ulysses)``; the
 ranks with the same sequence index form one guidance group. ``run_group`` spawns the processes
@@ -139,6 +140,8 @@ class Group:
     spec: ParallelSpec
     device: str
     mesh: Any  # torch.distributed.device_mesh.DeviceMesh with dims ("cfg", "ring", "ulysses")
+    #: the transformer's ``reelgen.engines.sequence.SequenceSplit`` once ``attach`` enabled Ulysses
+    sequence_split: Any = None
 
     @property
     def cfg_rank(self) -> int:
@@ -194,39 +197,37 @@ def init_group(rank: int, devices: list[str], spec: ParallelSpec, port: int) -> 
     return Group(rank=rank, spec=spec, device=device, mesh=mesh)
 
 
-#: why diffusers' context parallelism cannot run LTX-2 yet (checked with diffusers 0.42.1)
+#: why a sequence mode cannot run LTX-2 here (re-checked with diffusers 0.42.1 and torch 2.13)
 SEQUENCE_PARALLEL_BLOCKERS = {
-    "ulysses": (
-        "diffusers' LTX-2 context-parallel plan is LTX-1's (no audio stream, 1 of 4 RoPE modules, wrong RoPE "
-        "axis for the released 'split' RoPE: huggingface/diffusers#14316) and its Ulysses attention does not "
-        "shard a per-head attention mask (the fix is the open huggingface/diffusers#14317)"
-    ),
     "ring": (
-        "diffusers' ring attention needs the attention's log-sum-exp, which only its CUDA backends give "
-        "(flash, sage, _native_cudnn, _native_flash); and LTX-2's plan has the same gaps as for ulysses "
-        "(huggingface/diffusers#14316)"
+        "diffusers' ring attention merges the partial attentions by their log-sum-exp, which only its CUDA "
+        "backends return (flash, sage, _native_cudnn, _native_flash): its native (SDPA) backend, the only "
+        "context-parallel one on CPU, refuses return_lse=True; and on any backend it applies each rank's own "
+        "key-mask shard to every rotated key chunk, so LTX-2's prompt masks would be misapplied "
+        "(gloo has what ring's allgather rotation needs: all_gather)"
     ),
 }
 
 
 def enable_sequence_parallel(transformer: Any, group: Group) -> None:
-    """diffusers' context parallelism on the group's ``ring x ulysses`` sub-mesh, once diffusers can
-    run it for LTX-2; until then the refusal of ``check_spec``, saying which piece is missing.
+    """diffusers' context parallelism on the group's ``ring x ulysses`` sub-mesh: Ulysses with our
+    LTX-2 plan (``reelgen.engines.sequence``); ring stays refused by ``check_spec``."""
+    from reelgen.engines.sequence import enable_ulysses
 
-    What gloo has is not the blocker: diffusers' Ulysses attention (``all_to_all_single``) runs on
-    gloo and matches one process exactly, and ring's ``allgather`` rotation is an ``all_gather``,
-    which gloo has (tests/test_parallel.py runs both collectives and the group's mesh on gloo)."""
     check_spec(group.spec)
+    group.sequence_split = enable_ulysses(transformer, group)
 
 
 def check_spec(spec: ParallelSpec) -> None:
-    """Refuse, before any process starts, a group this build cannot run (see ``enable_sequence_parallel``)."""
-    modes = [m for m in ("ulysses", "ring") if getattr(spec, m) > 1]
+    """Refuse, before any process starts, a group this build cannot run (see ``SEQUENCE_PARALLEL_BLOCKERS``)."""
+    modes = [m for m in SEQUENCE_PARALLEL_BLOCKERS if getattr(spec, m) > 1]
     if modes:
         raise ReelgenError(
             ErrorCode.INVALID_SETTINGS,
-            f"parallel {spec.as_text()}: sequence parallelism for LTX-2 is not available: "
-            + "; ".join(f"{m}: {SEQUENCE_PARALLEL_BLOCKERS[m]}" for m in modes),
+            f"parallel {spec.as_text()}: "
+            + "; ".join(
+                f"{m} sequence parallelism for LTX-2 is not available: {SEQUENCE_PARALLEL_BLOCKERS[m]}" for m in modes
+            ),
         )
 
 
