@@ -46,8 +46,8 @@ def _current_rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_request_args(ap: argparse.ArgumentParser) -> None:
+    """The engine and request options every engine benchmark takes (``bench/previews.py`` too)."""
     ap.add_argument("--profile", default="ltx-2-tiny")
     ap.add_argument("--profiles-file")
     ap.add_argument("--weights", help="weights directory or hub id (overrides the profile)")
@@ -56,6 +56,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--mode", choices=["standard", "professional"], default="standard")
     ap.add_argument("--no-audio", action="store_true")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_request_args(ap)
     ap.add_argument("--aspect-ratio", choices=["16:9", "9:16", "1:1"], default="16:9")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=1, help="generations before the measured one (default 1)")

@@ -44,15 +44,10 @@ def _cpu_s() -> float:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from engine import add_request_args  # bench/engine.py: bench/ is first on the path of a bench script
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="ltx-2-tiny")
-    ap.add_argument("--profiles-file")
-    ap.add_argument("--weights", help="weights directory or hub id (overrides the profile)")
-    ap.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
-    ap.add_argument("--device", default=None, help="cpu or cuda:N (default: cuda:0 if present)")
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--mode", choices=["standard", "professional"], default="standard")
-    ap.add_argument("--no-audio", action="store_true")
+    add_request_args(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--every", type=int, help="previews every N steps too (default: the profile's)")
     ap.add_argument("--frames", type=int, help="frames per preview (default: the profile's)")
