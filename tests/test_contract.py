@@ -38,6 +38,8 @@ USERS = ("alice", "bob")
 #: Server-Sent Event streams stay open until their task ends, and this server runs no workers: a
 #: stream of a pending task would only end at the request timeout. tests/test_api*.py cover them.
 STREAMS = ("/events",)
+#: operations whose success is not a JSON envelope: metrics text, an upload's bytes, a preview image
+BINARY = ("/metrics", "/api/v1/uploads/{upload_id}", "/api/v1/tasks/{task_id}/preview")
 
 
 @pytest.fixture
@@ -123,7 +125,7 @@ def test_every_operation_declares_its_envelopes_and_statuses(client: TestClient)
                 assert ok["application/json"]["schema"]["properties"]["success"] == {"const": True}
             else:  # the routes that answer another media type declare it themselves
                 # (the event stream, the metrics page, an upload's image for its owner)
-                assert path.endswith(STREAMS) or path in ("/metrics", "/api/v1/uploads/{upload_id}"), (method, path, ok)
+                assert path.endswith(STREAMS) or path in BINARY, (method, path, ok)
             errors = {s for s in responses if s >= "400"}
             assert {"400", "413"} <= errors, (method, path)
             for status in errors:
