@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.schemas import VIDEO_EXTEND
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -261,8 +262,11 @@ class Worker:
 
         task = att.task
         try:
-            job = self._plan(task)
-            info = render(job, self.engine, att.scratch, on_progress=lambda d, t: self._on_step(att, d, t))
+            if task.model == VIDEO_EXTEND:  # continue another task's video (``reelgen.extension``)
+                info = self._extend(att)
+            else:
+                job = self._plan(task)
+                info = render(job, self.engine, att.scratch, on_progress=lambda d, t: self._on_step(att, d, t))
         except Cancelled:
             if att.stop_reason is StopReason.SHUTDOWN:
                 self._hand_back(att)
@@ -304,6 +308,19 @@ class Worker:
         if fitted:
             job = replace(job, start_image=fitted[0], end_image=fitted[1] if len(fitted) > 1 else None)
         return job
+
+    def _extend(self, att: Attempt) -> MediaInfo:
+        from reelgen.extension import extend
+
+        return extend(
+            att.task,
+            profile=self.profile,
+            engine=self.engine,
+            storage=self.storage,
+            read_task=self._db,
+            out_path=att.scratch,
+            on_progress=lambda d, t: self._on_step(att, d, t),
+        )
 
     def _read_upload(self, url: str) -> bytes:
         """The bytes of a ``reelgen-upload://`` image from storage (submit checked that the task's

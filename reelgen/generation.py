@@ -81,7 +81,7 @@ def render(
                 return on_progress(before + done, job.total_steps) is not False
 
             clip = engine.generate(job, segment, on_step)
-            _check_clip(job, clip, segment.seconds)
+            check_clip(job, clip, segment.seconds)
             if writer is None:
                 rate = clip.sample_rate if job.audio else None
                 codec = getattr(engine, "video_encoder", "libx264")
@@ -117,7 +117,7 @@ def render(
         encoder.shutdown(wait=True)
 
 
-def _check_clip(job: Job, clip: Clip, seconds: int) -> None:
+def check_clip(job: Job, clip: Clip, seconds: int) -> None:
     """An engine must return exactly the frames and samples asked for; anything else is its bug."""
     want = seconds * job.fps
     shape = tuple(clip.frames.shape)

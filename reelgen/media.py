@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -87,7 +87,18 @@ def join_audio(parts: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
     return np.concatenate(faded, axis=-1)
 
 
-def _stereo(audio: np.ndarray) -> np.ndarray:
+def fit_samples(audio: np.ndarray, samples: int) -> np.ndarray:
+    """``float32`` ``audio`` ``(channels, n)`` trimmed to exactly ``samples``, or padded with silence."""
+    import numpy as np
+
+    if audio.shape[-1] >= samples:
+        return np.ascontiguousarray(audio[..., :samples], dtype=np.float32)
+    pad = np.zeros((*audio.shape[:-1], samples - audio.shape[-1]), dtype=np.float32)
+    return np.concatenate([audio.astype(np.float32), pad], axis=-1)
+
+
+def stereo(audio: np.ndarray) -> np.ndarray:
+    """``audio`` as two channels (mono doubled, extra channels dropped), clipped to [-1, 1]."""
     import numpy as np
 
     a = np.asarray(audio, dtype=np.float32)
@@ -198,8 +209,13 @@ class Mp4Writer:
         return probe(self.path)
 
     # -- content ----------------------------------------------------------------------------
-    def add(self, frames: np.ndarray | Iterable[np.ndarray], audio: np.ndarray | None = None) -> None:
-        """Append frames (``uint8`` ``(n, height, width, 3)``) and, with audio on, their soundtrack."""
+    def add(
+        self, frames: np.ndarray | Iterable[np.ndarray], audio: np.ndarray | None = None, *, fade: bool = True
+    ) -> None:
+        """Append frames (``uint8`` ``(n, height, width, 3)``) and, with audio on, their soundtrack.
+
+        ``fade=False``: this soundtrack continues the previous one as it is (the caller made the
+        joint continuous, or feeds one soundtrack in pieces): no fades at this joint."""
         import av
         import numpy as np
 
@@ -221,8 +237,10 @@ class Mp4Writer:
             return
         if audio is None:
             raise ReelgenError(ErrorCode.GENERATION_FAILED, "this file has an audio stream: every clip needs audio")
-        clip_audio = _stereo(audio)
-        if self._pending_audio is not None:
+        clip_audio = stereo(audio)
+        if self._pending_audio is not None and not fade:
+            self._encode_audio(self._pending_audio)
+        elif self._pending_audio is not None:
             # A joint: the previous clip fades out, this one fades in.
             self._encode_audio(fade_edges(self._pending_audio, self.sample_rate or 1, fade_in=False, fade_out=True))
             clip_audio = fade_edges(clip_audio, self.sample_rate or 1, fade_in=True, fade_out=False)
@@ -270,6 +288,59 @@ def write_mp4(
                 raise ReelgenError(ErrorCode.GENERATION_FAILED, "all clips must share fps and sample rate")
             writer.add(clip.frames, clip.audio if audio else None)
     return probe(path)
+
+
+def crossfade(outgoing: np.ndarray, incoming: np.ndarray) -> np.ndarray:
+    """Equal-power cross-fade of two ``(channels, samples)`` waveforms of one length: ``outgoing``
+    fades out while ``incoming`` fades in (the extend model's join)."""
+    import numpy as np
+
+    a, b = stereo(outgoing), stereo(incoming)
+    if a.shape != b.shape:
+        raise ReelgenError(ErrorCode.GENERATION_FAILED, f"cross-fade of {a.shape} and {b.shape}")
+    t = np.linspace(0.0, np.pi / 2, a.shape[-1], dtype=np.float64)
+    out: np.ndarray = (a * np.cos(t) + b * np.sin(t)).astype(np.float32)
+    return out
+
+
+def read_frames(path: str | os.PathLike[str], chunk: int = 24) -> Iterator[np.ndarray]:
+    """The frames of an MP4's video stream, decoded in order, ``chunk`` at a time (``uint8``
+    ``(n, height, width, 3)``): a long video is never held whole."""
+    import av
+    import numpy as np
+
+    try:
+        with av.open(str(path)) as container:
+            buf: list[np.ndarray] = []
+            for frame in container.decode(video=0):
+                buf.append(frame.to_ndarray(format="rgb24"))
+                if len(buf) == chunk:
+                    yield np.stack(buf)
+                    buf = []
+            if buf:
+                yield np.stack(buf)
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ReelgenError(ErrorCode.GENERATION_FAILED, f"cannot decode {Path(path).name}: {exc}") from None
+
+
+def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int] | None:
+    """An MP4's whole soundtrack as ``float32`` ``(channels, samples)`` and its sample rate (None
+    without an audio stream); the encoder's priming samples are dropped by the decoder."""
+    import av
+    import numpy as np
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate
+            parts = [frame.to_ndarray().astype(np.float32) for frame in container.decode(stream)]
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ReelgenError(ErrorCode.GENERATION_FAILED, f"cannot decode {Path(path).name}: {exc}") from None
+    if not parts:
+        return np.zeros((2, 0), dtype=np.float32), rate
+    return np.concatenate(parts, axis=-1), rate
 
 
 def probe(path: str | os.PathLike[str]) -> MediaInfo:

@@ -12,6 +12,9 @@ Invariants:
   decoded frames are centre-cropped to the output, never resampled.
 * A segment generates ``frames = 8k+1 >= seconds*fps + 1`` frames and keeps the first
   ``seconds*fps``; an end image conditions the last frame kept (pixel frame ``seconds*fps - 1``).
+  A segment that continues a video (the extend model, ``reelgen.extension``) starts with
+  ``lead_frames`` of it (a ``lead`` condition at pixel frame 0), generates ``8k+1 >= lead_frames +
+  seconds*fps`` frames and keeps the ``seconds*fps`` after the lead.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import AspectRatio, GenerateInput, Mode
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from reelgen.profiles import Profile, StageSpec
@@ -55,7 +59,8 @@ def nearest_aspect(width: int, height: int) -> AspectRatio:
 
 @dataclass(frozen=True)
 class Condition:
-    """An input image pinned to a pixel frame of the generated clip (``image``: ``start`` or ``end``)."""
+    """An input pinned to a pixel frame of the generated clip (``image``: ``start`` or ``end``, or
+    ``lead``: the last frames of the video being extended, from pixel frame 0)."""
 
     image: str
     pixel_frame: int
@@ -122,6 +127,8 @@ class Segment:
     stages: tuple[Stage, ...] = ()
     #: used by classifier-free guidance; None when no stage is guided
     negative_prompt: str | None = None
+    #: frames of a video being extended that the segment starts with (generated, then dropped)
+    lead_frames: int = 0
 
     @property
     def steps(self) -> int:
@@ -134,6 +141,7 @@ class Segment:
             "seed": self.seed,
             "seconds": self.seconds,
             "frames": self.num_frames,
+            "lead_frames": self.lead_frames,
             "stages": [s.as_dict() for s in self.stages],
         }
 
@@ -156,6 +164,8 @@ class Job:
     max_sequence_length: int = 1024
     start_image: Image.Image | None = field(default=None, compare=False)
     end_image: Image.Image | None = field(default=None, compare=False)
+    #: the extend model: the last frames of the video being extended, ``uint8`` ``(n, height, width, 3)``
+    lead_video: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def seconds(self) -> int:
@@ -163,7 +173,11 @@ class Job:
 
     def image(self, which: str) -> Image.Image | None:
         """The image a ``Condition`` names: ``start`` or ``end``."""
-        return self.start_image if which == "start" else self.end_image
+        return self.start_image if which == "start" else self.end_image if which == "end" else None
+
+    def has_condition(self, which: str) -> bool:
+        """Whether the input a ``Condition`` names was given."""
+        return self.lead_video is not None if which == "lead" else self.image(which) is not None
 
     @property
     def total_steps(self) -> int:

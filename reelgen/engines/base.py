@@ -51,6 +51,9 @@ class Clip:
     rows: dict[str, int] = field(default_factory=dict)
     #: transformer calls per stage that the step cache answered without running the blocks
     cached: dict[str, int] = field(default_factory=dict)
+    #: a continuing segment (``Segment.lead_frames``): the soundtrack generated under its lead, which
+    #: re-creates the end of the video being extended (the join cross-fades into it)
+    lead_audio: np.ndarray | None = None
 
 
 class Engine(Protocol):
@@ -79,11 +82,16 @@ def check_segment(job: Job, segment: Segment, *, num_layers: int, has_upsampler:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"a shot must last at least 1 s (got {segment.seconds} s)")
     if job.fps <= 0:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"fps {job.fps} must be positive")
-    if segment.num_frames % 8 != 1 or segment.num_frames < segment.seconds * job.fps + 1:
+    lead = segment.lead_frames
+    if segment.num_frames % 8 != 1 or segment.num_frames < lead + segment.seconds * job.fps + (0 if lead else 1):
         raise ReelgenError(
             ErrorCode.INVALID_INPUT,
-            f"num_frames {segment.num_frames} must be 8k+1 and cover {segment.seconds} s at {job.fps} fps",
+            f"num_frames {segment.num_frames} must be 8k+1 and cover {lead} lead frames and {segment.seconds} s "
+            f"at {job.fps} fps",
         )
+    if lead and (job.lead_video is None or len(job.lead_video) != lead or lead % 8 != 1):
+        have = None if job.lead_video is None else len(job.lead_video)
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"the segment leads with {lead} frames (8k+1); {have} given")
     if not segment.stages or len(segment.stages) > 2:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"a segment has one or two stages (got {len(segment.stages)})")
     for k, stage in enumerate(segment.stages):
@@ -103,8 +111,8 @@ def check_segment(job: Job, segment: Segment, *, num_layers: int, has_upsampler:
                 f"{stage.name}: STG blocks {blocks} outside the transformer's 0-{num_layers - 1}",
             )
         for c in stage.conditions:
-            if job.image(c.image) is None:
-                raise ReelgenError(ErrorCode.INVALID_INPUT, f"the plan conditions on a {c.image} image; none given")
+            if not job.has_condition(c.image):
+                raise ReelgenError(ErrorCode.INVALID_INPUT, f"the plan conditions on a {c.image} input; none given")
             if not 0 <= c.pixel_frame < segment.num_frames:
                 raise ReelgenError(
                     ErrorCode.INVALID_INPUT,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from diffusers import LTX2ConditionPipeline
 from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
 
@@ -30,8 +31,12 @@ class PixelFrameCondition(LTX2VideoCondition):
     pixel_frame: int = 0
 
 
-def condition_for(image: Image.Image, pixel_frame: int, strength: float, crf: int, frames: int) -> PixelFrameCondition:
-    """A condition at ``pixel_frame`` of a ``frames``-frame generation (0: the first latent frame)."""
+def condition_for(
+    image: Image.Image | np.ndarray, pixel_frame: int, strength: float, crf: int, frames: int
+) -> PixelFrameCondition:
+    """A condition at ``pixel_frame`` of a ``frames``-frame generation (0: the first latent frame).
+    ``image`` may be several frames (``uint8`` ``(n, h, w, 3)``, n = 8k+1): at pixel frame 0 they
+    replace the first ``k+1`` latent frames (how the extend model continues a video)."""
     latent_frames = (frames - 1) // 8 + 1
     # Any keyframe slot makes diffusers treat it as an appended keyframe; its position is set below.
     index = 0 if pixel_frame == 0 else min(latent_frames - 1, max(1, (pixel_frame - 1) // 8 + 1))
@@ -58,13 +63,19 @@ def pad_to(image: Image.Image, width: int, height: int) -> Image.Image:
     The model generates a little more than the output on the sides it must round up; the frames are
     centre-cropped back, so the visible part of the first frame is exactly the user's image.
     """
-    import numpy as np
     from PIL import Image as PILImage
 
     w, h = image.size
     if (w, h) == (width, height):
         return image
-    arr = np.asarray(image.convert("RGB"))
+    return PILImage.fromarray(pad_frames_to(np.asarray(image.convert("RGB"))[None], width, height)[0])
+
+
+def pad_frames_to(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``pad_to`` for ``uint8`` frames ``(n, h, w, 3)``: each reflect-padded to ``width`` x ``height``."""
+    h, w = frames.shape[1:3]
+    if (w, h) == (width, height):
+        return frames
     top, left = (height - h) // 2, (width - w) // 2
-    pad = ((top, height - h - top), (left, width - w - left), (0, 0))
-    return PILImage.fromarray(np.pad(arr, pad, mode="reflect" if max(pad[0] + pad[1]) < min(w, h) else "edge"))
+    pad = ((0, 0), (top, height - h - top), (left, width - w - left), (0, 0))
+    return np.pad(frames, pad, mode="reflect" if max(pad[1] + pad[2]) < min(w, h) else "edge")

@@ -216,16 +216,24 @@ class LTX2Engine:
             raise ReelgenError(ErrorCode.GENERATION_FAILED, f"out of GPU memory on {self.device}: {exc}") from None
         finally:
             hook.remove()
-        keep = segment.seconds * job.fps
+        from reelgen.media import fit_samples
+
+        lead, keep = segment.lead_frames, segment.seconds * job.fps
         want_samples = segment.seconds * self.sample_rate
+        lead_audio = None
+        if sound is not None and lead:  # the soundtrack under the lead is returned apart, for the join
+            lead_samples = round(lead * self.sample_rate / job.fps)
+            lead_audio = fit_samples(sound[..., :lead_samples], lead_samples)
+            sound = sound[..., lead_samples:]
         return Clip(
-            frames=_centre_crop(frames[:keep], job.width, job.height),
+            frames=_centre_crop(frames[lead : lead + keep], job.width, job.height),
             fps=job.fps,
-            audio=_fit_samples(sound, want_samples) if sound is not None else None,
+            audio=fit_samples(sound, want_samples) if sound is not None else None,
             sample_rate=self.sample_rate if sound is not None else None,
             timings=timings,
             rows=progress.rows,
             cached=self.step_cache.take(),
+            lead_audio=lead_audio,
         )
 
     def _timed(self, timings: list[tuple[str, float]], name: str, fn: Callable[[], Any]) -> Any:
@@ -302,11 +310,17 @@ class LTX2Engine:
         return upsample(latents=video, latents_normalized=False, output_type="latent", return_dict=False)[0]  # type: ignore[no-any-return]
 
     def _conditions(self, job: Job, segment: Segment, stage: Stage) -> list[Any]:
-        """The stage's image conditions: images at the generation size, at their pixel frames."""
+        """The stage's conditions: images at the generation size, at their pixel frames; a ``lead``
+        (extend) is the continued video's last frames as one multi-frame condition at frame 0."""
         conditions = lib("reelgen.engines.conditions")
         last = segment.stages[-1]
         out = []
         for c in stage.conditions:
+            if c.image == "lead":  # the video being extended: its last frames replace the first latents
+                assert job.lead_video is not None  # checked by check_segment
+                lead = conditions.pad_frames_to(job.lead_video, last.width, last.height)
+                out.append(conditions.condition_for(lead, 0, c.strength, 0, segment.num_frames))
+                continue
             image = job.image(c.image)
             assert image is not None  # checked by _check
             fitted = image if image.size == (job.width, job.height) else _fit(image, job.width, job.height)
@@ -361,13 +375,3 @@ def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
     from reelgen.inputs import fit_image
 
     return fit_image(image, width, height)
-
-
-def _fit_samples(audio: np.ndarray, samples: int) -> np.ndarray:
-    """Trim ``audio`` to exactly ``samples``, or pad it with silence."""
-    import numpy as np
-
-    if audio.shape[-1] >= samples:
-        return np.ascontiguousarray(audio[..., :samples], dtype=np.float32)
-    pad = np.zeros((*audio.shape[:-1], samples - audio.shape[-1]), dtype=np.float32)
-    return np.concatenate([audio.astype(np.float32), pad], axis=-1)
