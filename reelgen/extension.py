@@ -9,12 +9,15 @@
    ``LTX2ConditionPipeline``: their VAE latents replace the first latent frames, kept clean at every
    step), so the model continues the picture from the original's last frames; the lead is generated
    and dropped, and the ``duration * fps`` frames after it are the extension.
-4. Sound: the pipeline takes no audio condition (diffusers 0.42.1 noises any ``audio_latents`` it is
-   given as a whole and denoises the audio with one timestep for every token), so the new soundtrack
-   is *not* conditioned on the original's; it is generated with the picture (which is conditioned).
-   The join is an equal-power cross-fade over the lead: the original's last ``LEAD_FRAMES / fps``
-   seconds fade out while the soundtrack the model made under the lead (the same picture) fades in,
-   and the extension's own soundtrack follows without a break. No gap, no click; the lengths add up.
+4. Sound: when the original has sound and the extension asks for it, its soundtrack's end (the lead's
+   span and ``TAIL_CONTEXT_SECONDS`` before it) is encoded by the audio VAE and the first audio tokens
+   of the generation are held on the original's latents at every step (``engines/audio_condition``:
+   diffusers' pipeline has no audio condition of its own, so this is latent replacement, not the
+   reference's per-token mask). The model thus hears the original's sound under the lead and
+   continues it. The join is an equal-power cross-fade over the lead: the original's last
+   ``LEAD_FRAMES / fps`` seconds fade out while the soundtrack the model made under the lead (the
+   audio VAE's rendering of the same sound) fades in, and the extension's own soundtrack follows
+   without a break. No gap, no click; the lengths add up.
 5. The output is the original's frames (decoded and re-encoded, in chunks, never held whole) and then
    the extension's, with the joined soundtrack: ``original + duration`` seconds, video and audio.
 
@@ -51,6 +54,9 @@ __all__ = ["LEAD_FRAMES", "Original", "extend", "plan_extension", "read_original
 LEAD_FRAMES = 9
 #: frames decoded (and re-encoded) at a time while the original is copied into the output
 CHUNK_FRAMES = 24
+#: seconds of the original's sound before the lead that are encoded with it (the audio VAE's causal
+#: convolutions see them), so the tail's latents are those of the sound in context
+TAIL_CONTEXT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -122,10 +128,20 @@ def plan_extension(task_input: dict[str, object], profile: Profile, *, seed: int
     stages = tuple(
         replace(st, frames=frames, pipeline=CONDITION_PIPELINE, conditions=(condition,)) for st in segment.stages
     )
+    lead_audio = None
+    if job.audio and original.audio is not None and original.sample_rate:
+        from reelgen.media import fit_samples, stereo
+
+        rate = original.sample_rate
+        end = round(original.frames * rate / profile.fps)  # the sound ends where the picture does
+        start = max(0, end - round((lead / profile.fps + TAIL_CONTEXT_SECONDS) * rate))
+        lead_audio = fit_samples(stereo(original.audio), end)[:, start:]
     return replace(
         job,
         segments=(replace(segment, num_frames=frames, stages=stages, lead_frames=lead),),
         lead_video=original.tail,
+        lead_audio=lead_audio,
+        lead_audio_rate=(original.sample_rate or 0) if lead_audio is not None else 0,
     )
 
 

@@ -166,6 +166,10 @@ class Job:
     end_image: Image.Image | None = field(default=None, compare=False)
     #: the extend model: the last frames of the video being extended, ``uint8`` ``(n, height, width, 3)``
     lead_video: np.ndarray | None = field(default=None, compare=False)
+    #: and its soundtrack's end, ``float32`` ``(channels, samples)`` at ``lead_audio_rate`` Hz, ending
+    #: where the video does (None: the new soundtrack is not conditioned on it)
+    lead_audio: np.ndarray | None = field(default=None, compare=False)
+    lead_audio_rate: int = 0
 
     @property
     def seconds(self) -> int:

@@ -276,6 +276,7 @@ class LTX2Engine:
         generator = torch.Generator(device=self.device).manual_seed(segment.seed)
         video: Any = None
         audio: Any = None
+        tail = self._audio_tail(job, segment)
         for stage in segment.stages:
             self.adapters.activate(stage.loras)
             self.step_cache.begin(stage)
@@ -301,8 +302,28 @@ class LTX2Engine:
                 call |= {"latents": video, "audio_latents": audio, "noise_scale": stage.sigmas[0]}
             if stage.conditions:
                 call["conditions"] = self._conditions(job, segment, stage)
-            video, audio = self._pipeline(stage.pipeline)(**call)
+            pipe = self._pipeline(stage.pipeline)
+            if tail is not None:  # the original's sound under the lead (``audio_condition``)
+                scheduler = lib("reelgen.engines.audio_condition").tail_scheduler(pipe, tail, generator, self.device)
+                object.__setattr__(pipe, "audio_scheduler", scheduler)  # not a registered component change
+            try:
+                video, audio = pipe(**call)
+            finally:
+                if tail is not None:
+                    object.__setattr__(pipe, "audio_scheduler", None)
         return video, audio
+
+    def _audio_tail(self, job: Job, segment: Segment) -> torch.Tensor | None:
+        """The latents of the extended video's soundtrack under the lead (``audio_condition.encode_tail``),
+        or None when there is nothing to condition the sound on."""
+        if not (job.audio and segment.lead_frames and job.lead_audio is not None and job.lead_audio_rate):
+            return None
+        cond = lib("reelgen.engines.audio_condition")
+        vae = self._components["audio_vae"]
+        tokens = int(segment.lead_frames / job.fps * cond.latents_per_second(vae))
+        if tokens < 1:
+            return None
+        return cond.encode_tail(vae, job.lead_audio, job.lead_audio_rate, tokens, self.device)  # type: ignore[no-any-return]
 
     def _upsample(self, video: torch.Tensor) -> torch.Tensor:
         """Stage 1's (denormalised) video latents doubled in width and height by the latent upsampler."""
