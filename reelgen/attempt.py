@@ -289,18 +289,12 @@ class Worker:
 
     def _plan(self, task: TaskRow) -> Job:
         """Validate the stored input, fetch and fit its images, and plan the job."""
-        from pydantic import ValidationError
-
         from reelgen.domain import plan
         from reelgen.inputs import fit_image, load_images
         from reelgen.safehttp import FetchPolicy
-        from reelgen.schemas import GenerateInput
+        from reelgen.schemas import GenerateInput, stored_input
 
-        try:
-            inp = GenerateInput.model_validate(task.input)
-        except ValidationError as exc:
-            fields = ", ".join(".".join(str(p) for p in e["loc"]) or "input" for e in exc.errors())
-            raise ReelgenError(ErrorCode.INVALID_INPUT, f"The stored input is invalid ({fields}).") from None
+        inp = stored_input(GenerateInput, task.input)
         policy = FetchPolicy.from_settings(self.settings)
         images = load_images(inp.image_urls, policy, read_upload=self._read_upload) if inp.image_urls else []
         job = plan(inp, self.profile, seed=task.seed, start_image_size=images[0].size if images else None)

@@ -32,7 +32,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reelgen.errors import ErrorCode, ReelgenError
 
@@ -100,18 +100,21 @@ def read_original(path: Path, lead: int = LEAD_FRAMES) -> Original:
     )
 
 
-def plan_extension(task_input: dict[str, object], profile: Profile, *, seed: int, original: Original) -> Job:
-    """The job of an extension: one segment of ``duration`` s in the original's mode and aspect ratio,
-    leading with the original's last frames (a ``lead`` condition at pixel frame 0)."""
+def plan_extension(task_input: dict[str, Any], profile: Profile, *, seed: int, original: Original) -> Job:
+    """The job of an extension (its stored input: ``task_id``, ``prompt``, ``duration``, ``audio``,
+    ``mode``, as submit stores it): one segment of ``duration`` s in the original's mode and aspect
+    ratio, leading with the original's last frames (a ``lead`` condition at pixel frame 0)."""
     from reelgen.domain import Condition, model_frames
     from reelgen.planning import CONDITION_PIPELINE, nearest_aspect, plan
-    from reelgen.schemas import GenerateInput, Mode
+    from reelgen.schemas import ExtendInput, GenerateInput, Mode, stored_input
+
+    ext = stored_input(ExtendInput, task_input)
 
     inp = GenerateInput(
-        prompt=str(task_input["prompt"]),
-        duration=int(str(task_input["duration"])),
-        mode=Mode(str(task_input["mode"])),
-        audio=bool(task_input["audio"]),
+        prompt=ext.prompt,
+        duration=ext.duration,
+        mode=ext.mode or Mode.STANDARD,
+        audio=bool(ext.audio),
         aspect_ratio=nearest_aspect(original.width, original.height),
     )
     job = plan(inp, profile, seed=seed)

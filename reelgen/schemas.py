@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from enum import StrEnum
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -262,6 +262,19 @@ class ExtendRequest(BaseModel):
 
 def _loc(err: Any) -> str:
     return ".".join(str(p) for p in err["loc"])
+
+
+StoredModel = TypeVar("StoredModel", bound=BaseModel)
+
+
+def stored_input(model: type[StoredModel], data: Any) -> StoredModel:
+    """A task's stored ``input`` read back as ``model`` (the worker's side): ``INVALID_INPUT`` naming
+    the fields when it no longer validates (a task stored by another version)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "input" for e in exc.errors())
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"The stored input is invalid ({fields}).") from None
 
 
 def _invalid(details: list[dict[str, Any]]) -> ReelgenError:
