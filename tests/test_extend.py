@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -169,16 +170,25 @@ def test_catalogue_lists_the_extend_model(client: Any) -> None:
 # --------------------------------------------------------------------------------------------
 # Generations in a real worker (SQLite; the tiny engine of the session)
 # --------------------------------------------------------------------------------------------
-@pytest.fixture
-def rig(tmp_path: Path, tiny_engine: Engine) -> Iterator[tuple[service.Context, Worker]]:
+@contextmanager
+def worker_rig(tmp_path: Path, engine: Engine, **settings: Any) -> Iterator[tuple[service.Context, Worker]]:
+    """A SQLite store, the service over it and a worker in this process (``settings``: overrides)."""
     db = Database(f"sqlite:///{tmp_path / 'reelgen.db'}")
     db.upgrade()
-    ctx = make_ctx(make_settings(tmp_path, db), db)
+    ctx = make_ctx(make_settings(tmp_path, db, **settings), db)
     worker = Worker(ctx.settings, device="cpu", worker_id="extend-worker")
-    worker.load(engine=tiny_engine)
-    yield ctx, worker
-    worker.db.dispose()
-    db.dispose()
+    worker.load(engine=engine)
+    try:
+        yield ctx, worker
+    finally:
+        worker.db.dispose()
+        db.dispose()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, tiny_engine: Engine) -> Iterator[tuple[service.Context, Worker]]:
+    with worker_rig(tmp_path, tiny_engine) as made:
+        yield made
 
 
 def run_next(ctx: service.Context, worker: Worker) -> tasks.TaskRow:
@@ -267,6 +277,32 @@ def test_a_failed_extension_releases_its_credits(rig: tuple[service.Context, Wor
     stmt = select(movements.c.kind).where(movements.c.task_id == sub["id"])
     assert sorted(ctx.db.run(lambda conn: conn.execute(stmt).scalars().all())) == ["release", "reserve"]
     assert ctx.db.run(ledger.check) == []
+
+
+def test_extend_reads_the_original_from_an_s3_bucket(tmp_path: Path, tiny_engine: Engine) -> None:
+    """With outputs in a bucket (moto stand-in) the worker copies the original out of it, and the
+    joined video goes back into it."""
+    from tests.s3_fixtures import s3_server
+    from tests.test_s3_e2e import _S3_FIELDS
+    from tests.test_storage_s3 import bucket_settings
+
+    with s3_server("moto", tmp_path / "s3") as server:
+        base = bucket_settings(tmp_path, server, "extend-bucket")
+        with worker_rig(tmp_path, tiny_engine, **{k: getattr(base, k) for k in _S3_FIELDS}) as (ctx, worker):
+            assert ctx.storage.local_path("x/1.mp4") is None  # a bucket, not files
+            owner = make_account(ctx, credits=GRANT)
+            first = service.submit(ctx, owner.id, generate_body(duration=3, audio=True))["id"]
+            assert run_next(ctx, worker).status == TaskStatus.COMPLETED
+            service.submit(ctx, owner.id, extend_body(first, duration=3))
+            ext = run_next(ctx, worker)
+            assert ext.status == TaskStatus.COMPLETED, ext.error_message
+            assert ext.result_key is not None and ctx.storage.exists(ext.result_key)
+            out = tmp_path / "joined.mp4"
+            with ctx.storage.open(ext.result_key) as f:
+                out.write_bytes(f.read())
+            info = probe(out)
+            assert info.frames == 6 * ctx.profile.fps and info.has_audio
+            assert list(ctx.storage.temp_path("x").parent.glob("*.original.mp4")) == []  # the copy is gone
 
 
 def test_plan_leads_with_the_original_last_frames(tmp_path: Path, tiny_engine: Engine) -> None:

@@ -112,7 +112,8 @@ def check_segment(job: Job, segment: Segment, *, num_layers: int, has_upsampler:
             )
         for c in stage.conditions:
             if not job.has_condition(c.image):
-                raise ReelgenError(ErrorCode.INVALID_INPUT, f"the plan conditions on a {c.image} input; none given")
+                what = "the lead frames" if c.image == "lead" else f"a {c.image} image"
+                raise ReelgenError(ErrorCode.INVALID_INPUT, f"the plan conditions on {what}; none given")
             if not 0 <= c.pixel_frame < segment.num_frames:
                 raise ReelgenError(
                     ErrorCode.INVALID_INPUT,
