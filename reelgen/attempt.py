@@ -158,15 +158,12 @@ class Worker:
         self.storage = pick(self.settings)
         self.profile = get_profile(self.settings.profile, self.settings.profiles_file, weights=self.settings.weights)
         log.info("loading profile %s on %s (load format %s)", self.profile.name, self.device, self.settings.load_format)
-        from reelgen.store import workers
 
-        self._db(
-            lambda c: workers.register(c, self.worker_id, profile=self.profile.name, device=self.device, now=utcnow())
-        )
+        self._until_stored("registering this worker", lambda c: self._announce(c, "loading", restart=True))
         # loads the weights and, with acceleration.compile, compiles and warms up: /readyz counts this
         # worker as loading until it is done
         self.engine = engine or load_engine(self.profile, self.device, self.settings.load_format)
-        self._db(lambda c: workers.seen(c, self.worker_id, now=utcnow(), state="ready"))
+        self._until_stored("marking this worker ready", lambda c: self._announce(c, "ready"))
         self._seen = time.monotonic()
         if self.engine.random_weights:
             log.warning("profile %s runs RANDOM weights: output is noise", self.profile.name)
@@ -205,11 +202,34 @@ class Worker:
 
     def _alive(self) -> None:
         """Refresh this worker's ``seen_at`` (at most once per heartbeat interval)."""
-        from reelgen.store import workers
-
         if time.monotonic() - self._seen >= self.settings.heartbeat_seconds:
             self._seen = time.monotonic()
-            self._db(lambda c: workers.seen(c, self.worker_id, now=utcnow()))
+            self._db(lambda c: self._announce(c, None))
+
+    def _announce(self, conn: Connection, state: str | None, *, restart: bool = False) -> None:
+        """This worker's row says it is alive (in ``state``, if given). ``restart`` starts it over; a
+        row that is missing (its insert's commit was lost with the connection) is made again."""
+        from reelgen.store import workers
+
+        now = utcnow()
+        if restart or not workers.seen(conn, self.worker_id, now=now, state=state):
+            workers.register(
+                conn, self.worker_id, profile=self.profile.name, device=self.device, now=now, state=state or "ready"
+            )
+
+    def _until_stored(self, what: str, fn: Callable[[Connection], None]) -> None:
+        """``fn`` (idempotent) retried until the store takes it: a worker that starts while the database
+        is unreachable waits for it, as its claim loop does, instead of exiting (a stop signal still
+        ends the process meanwhile)."""
+        while True:
+            try:
+                self._db(fn)
+                return
+            except ReelgenError as exc:
+                if exc.code is not ErrorCode.SERVICE_UNAVAILABLE:
+                    raise
+                log.warning("%s failed (%s); retrying", what, exc)
+                time.sleep(1.0)
 
     def _claim(self, conn: Connection) -> TaskRow | None:
         from reelgen.store import tasks

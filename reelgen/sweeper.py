@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
+from reelgen.errors import ReelgenError
+
 if TYPE_CHECKING:
     from reelgen.config import Settings
     from reelgen.storage.base import Storage
@@ -143,6 +145,8 @@ class Sweeper:
         while True:
             try:
                 sweep_once(self.db, self.settings)
+            except ReelgenError as exc:  # the store is unavailable: said already, no traceback needed
+                log.warning("sweeper pass failed (%s); retrying in %.0f s", exc, SWEEP_INTERVAL)
             except Exception:
                 log.exception("sweeper pass failed; retrying in %.0f s", SWEEP_INTERVAL)
             if time.monotonic() >= next_temp:

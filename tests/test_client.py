@@ -197,9 +197,9 @@ def test_error_paths(live_api: LiveServer, ctx: service.Context, connect: Callab
     t0 = time.monotonic()
     # polling (stream=False): on_progress after every poll
     err = raises(
-        ErrorCode.WAIT_TIMEOUT, lambda: api.wait(task, timeout=0.6, on_progress=seen.append, stream=False, **FAST)
+        ErrorCode.WAIT_TIMEOUT, lambda: api.wait(task, timeout=1.5, on_progress=seen.append, stream=False, **FAST)
     )
-    assert time.monotonic() - t0 < 5 and task.id in err.message
+    assert time.monotonic() - t0 < 8 and task.id in err.message
     assert len(seen) >= 3 and {t.status for t in seen} == {"pending"} and seen[0].queuePosition == 0
     # following the event stream: the deadline holds while the stream is quiet
     seen.clear()

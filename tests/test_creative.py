@@ -401,3 +401,19 @@ def test_the_openapi_document_states_this_servers_offer(req_client: Any, client:
     for props in inputs(client):  # ltx-2-tiny: camera LoRAs, no LoRAs by name
         assert props["loras"]["maxItems"] == 0
         assert props["camera_control"]["properties"]["type"] == {"enum": list(CAMERA_MOVES)}
+
+
+def test_run_times_of_requests_with_adapters_are_learned_apart() -> None:
+    """Adapters load on first use and switch per task: their run times do not predict plain ones'."""
+    from reelgen.progress import request_class
+
+    plain = GenerateInput(prompt="a fox", duration=4)
+    styled = GenerateInput(prompt="a fox", duration=4, loras=[{"name": "ink", "strength": 0.5}])  # type: ignore[list-item]
+    moved = GenerateInput(prompt="a fox", duration=4, camera_control={"type": "dolly_in"})  # type: ignore[arg-type]
+    model = "kling-3-0-text-to-video"
+    assert request_class("p", model, plain) == "p|kling-3-0-text-to-video|standard|3-5|audio"
+    assert (
+        request_class("p", model, styled)
+        == request_class("p", model, moved)
+        == f"{request_class('p', model, plain)}|adapters"
+    )

@@ -63,3 +63,21 @@ def test_readyz_follows_a_worker_from_loading_to_ready_to_gone(client: TestClien
     runner.join(timeout=30)
     assert not runner.is_alive()
     assert counts(client) == {"loading": 0, "ready": 0}
+
+
+def test_a_worker_whose_row_was_lost_shows_again_at_its_next_heartbeat(
+    client: TestClient, ctx: service.Context
+) -> None:
+    """A connection lost while committing leaves a worker's row unknown: the next heartbeat makes it
+    again (as ready) instead of refreshing nothing, so ``/readyz`` keeps counting a live worker."""
+    worker = Worker(ctx.settings, device="cpu", worker_id="lost-row")
+    worker.load()
+    assert counts(client) == {"loading": 0, "ready": 1}
+    ctx.db.run(lambda c: workers.remove(c, "lost-row"), immediate=True)
+    assert counts(client) == {"loading": 0, "ready": 0}
+    time.sleep(ctx.settings.heartbeat_seconds)
+    worker._alive()
+    assert counts(client) == {"loading": 0, "ready": 1}
+    worker.drain("test over")
+    worker.run()
+    assert counts(client) == {"loading": 0, "ready": 0}

@@ -21,13 +21,15 @@ if TYPE_CHECKING:
 __all__ = ["count", "register", "remove", "seen"]
 
 
-def register(conn: Connection, worker_id: str, *, profile: str, device: str, now: datetime) -> None:
-    """A worker starts loading (a restarted worker with the same id starts over)."""
+def register(
+    conn: Connection, worker_id: str, *, profile: str, device: str, now: datetime, state: str = "loading"
+) -> None:
+    """A worker starts (loading, by default); a restarted worker with the same id starts over."""
+    if state not in WORKER_STATES:
+        raise ValueError(f"unknown worker state {state!r}")
     conn.execute(delete(workers).where(workers.c.id == worker_id))
     conn.execute(
-        insert(workers).values(
-            id=worker_id, profile=profile, device=device, state="loading", started_at=now, seen_at=now
-        )
+        insert(workers).values(id=worker_id, profile=profile, device=device, state=state, started_at=now, seen_at=now)
     )
 
 
