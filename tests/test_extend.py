@@ -321,7 +321,10 @@ def test_plan_leads_with_the_original_last_frames(tmp_path: Path, tiny_engine: E
     assert original.frames == 3 * profile.fps and original.tail.shape == (LEAD_FRAMES, job.height, job.width, 3)
     assert original.audio is None
     ext = plan_extension(
-        {"prompt": "on", "duration": 4, "mode": "standard", "audio": True}, profile, seed=5, original=original
+        {"task_id": "t", "prompt": "on", "duration": 4, "mode": "standard", "audio": True},
+        profile,
+        seed=5,
+        original=original,
     )
     (segment,) = ext.segments
     assert (ext.width, ext.height, ext.audio) == (job.width, job.height, True)
@@ -373,7 +376,10 @@ def test_the_original_sound_conditions_the_first_audio_tokens(tmp_path: Path, ti
     render(plan(GenerateInput(prompt="a fox", duration=3, aspect_ratio="16:9"), profile, seed=3), tiny_engine, src)
     original = read_original(src)
     job = plan_extension(
-        {"prompt": "on", "duration": 3, "mode": "standard", "audio": True}, profile, seed=5, original=original
+        {"task_id": "t", "prompt": "on", "duration": 3, "mode": "standard", "audio": True},
+        profile,
+        seed=5,
+        original=original,
     )
     assert job.lead_audio is not None and job.lead_audio_rate == original.sample_rate
     (segment,) = job.segments
