@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.schemas import CAMERA_MOVES
+from reelgen.schemas import CAMERA_MOVES, CONTINUITY_MODES
 
 if TYPE_CHECKING:
     from reelgen.client import Client, Task
@@ -99,6 +99,12 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PROMPT=SECONDS",
         help="one shot of a multi-shot video; durations must add up to --duration",
+    )
+    p.add_argument(
+        "--continuity",
+        choices=CONTINUITY_MODES,
+        help="with --shot: cut (default; independent shots), continue (each shot flows on from the last "
+        "frames of the one before) or same_subject (later shots keep shot 1's subject, still cut)",
     )
     p.add_argument(
         "--lora",

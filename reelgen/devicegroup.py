@@ -52,12 +52,14 @@ def load_on_group(profile: Profile, group: Group, load_format: str = "auto") -> 
 
 
 def follow(job: Job, engine: Engine, group: Group) -> None:
-    """A rank other than 0: generate every segment as rank 0 does, keep nothing."""
+    """A rank other than 0: generate every segment as rank 0 does (each carried into later shots), keep nothing."""
+    from reelgen.continuity import Carry
     from reelgen.engines.parallel import group_steps
 
     step = group_steps(group, None)
-    for segment in job.segments:
-        engine.generate(job, segment, step)
+    carry = Carry(job)  # every rank makes the same clips, so each carries its own into later shots
+    for index, segment in enumerate(job.segments):
+        carry.keep(index, engine.generate(carry.job_for(index), segment, step))
 
 
 def lead(job: Job, engine: Engine, group: Group, out: Path, on_progress: ProgressCallback | None = None) -> MediaInfo:

@@ -4,24 +4,25 @@
    fails and its credits are released) and its MP4 is read from storage (a local file as it is, an
    S3 object through a scratch copy).
 2. One decoding pass keeps the last ``LEAD_FRAMES`` frames and the whole soundtrack.
-3. ``plan_extension`` plans one segment of ``duration`` seconds that *leads* with those frames: they
-   condition the generation as one multi-frame condition at pixel frame 0 (diffusers'
-   ``LTX2ConditionPipeline``: their VAE latents replace the first latent frames, kept clean at every
-   step), so the model continues the picture from the original's last frames; the lead is generated
-   and dropped, and the ``duration * fps`` frames after it are the extension.
-4. Sound: when the original has sound and the extension asks for it, its soundtrack's end (the lead's
-   span and ``TAIL_CONTEXT_SECONDS`` before it) is encoded by the audio VAE and the first audio tokens
-   of the generation are held on the original's latents at every step (``engines/audio_condition``:
-   diffusers' pipeline has no audio condition of its own, so this is latent replacement, not the
-   reference's per-token mask). The model thus hears the original's sound under the lead and
-   continues it. The join is an equal-power cross-fade over the lead: the original's last
-   ``LEAD_FRAMES / fps`` seconds fade out while the soundtrack the model made under the lead (the
-   audio VAE's rendering of the same sound) fades in, and the extension's own soundtrack follows
-   without a break. No gap, no click; the lengths add up.
+3. ``plan_extension`` plans one segment of ``duration`` seconds that continues those frames exactly
+   as a ``continue`` shot continues the shot before it (``reelgen.continuity``): they are the job's
+   ``previous_frames``, a ``previous`` condition at pixel frame 0 puts them in (their VAE latents
+   replace the first latent frames, kept clean at every step), the segment generates them as its
+   ``lead_frames`` and drops them, and the ``duration * fps`` frames after them are the extension.
+4. Sound, beyond what a ``continue`` shot does: when the original has sound and the extension asks
+   for it, its soundtrack's end (the lead's span and ``TAIL_CONTEXT_SECONDS`` before it) is the job's
+   ``previous_audio``; the engine encodes it with the audio VAE and holds the first audio tokens of
+   the generation on it at every step (``engines/audio_condition``: diffusers' pipeline has no audio
+   condition of its own, so this is latent replacement, not the reference's per-token mask). The
+   model thus hears the original's sound under the lead and continues it.
 5. The output is the original's frames (decoded and re-encoded, in chunks, never held whole) and then
-   the extension's, with the joined soundtrack: ``original + duration`` seconds, video and audio.
+   the extension's, joined as ``render`` joins a ``continue`` shot (``Mp4Writer.add(lead_in=)``): the
+   original's last ``LEAD_FRAMES / fps`` seconds of sound crossfade (equal power) into the sound the
+   model made under the lead (the audio VAE's rendering of the same sound), and the extension's own
+   soundtrack follows without a break. ``original + duration`` seconds, video and audio.
 
-``audio`` true on a silent original gives silence under the original's part; false drops the sound.
+``audio`` true on a silent original gives silence under the original's part (an ordinary joint into
+the extension's sound); false drops the sound.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reelgen.continuity import CONTINUE_FRAMES
 from reelgen.errors import ErrorCode, ReelgenError
 
 if TYPE_CHECKING:
@@ -49,9 +51,9 @@ if TYPE_CHECKING:
 
 __all__ = ["LEAD_FRAMES", "Original", "extend", "plan_extension", "read_original", "write_joined"]
 
-#: frames of the original's end the extension leads with: 8k+1 (the first latent frame and one more,
-#: 0.375 s at 24 fps), the shortest lead that carries motion as well as the last picture
-LEAD_FRAMES = 9
+#: frames of the original's end the extension leads with: a ``continue`` shot's (8k+1, 0.375 s at
+#: 24 fps), the shortest lead that carries motion as well as the last picture
+LEAD_FRAMES = CONTINUE_FRAMES
 #: frames decoded (and re-encoded) at a time while the original is copied into the output
 CHUNK_FRAMES = 24
 #: seconds of the original's sound before the lead that are encoded with it (the audio VAE's causal
@@ -103,8 +105,13 @@ def read_original(path: Path, lead: int = LEAD_FRAMES) -> Original:
 def plan_extension(task_input: dict[str, Any], profile: Profile, *, seed: int, original: Original) -> Job:
     """The job of an extension (its stored input: ``task_id``, ``prompt``, ``duration``, ``audio``,
     ``mode``, as submit stores it): one segment of ``duration`` s in the original's mode and aspect
-    ratio, leading with the original's last frames (a ``lead`` condition at pixel frame 0)."""
-    from reelgen.domain import Condition, model_frames
+    ratio that continues the original's last frames as a ``continue`` shot continues the shot before
+    it (``continuity.lead_condition``: a ``previous`` condition at pixel frame 0, ``lead_frames``
+    generated and dropped), with the original's sound under them in ``Job.previous_audio``."""
+    from PIL import Image
+
+    from reelgen.continuity import lead_condition
+    from reelgen.domain import model_frames
     from reelgen.planning import CONDITION_PIPELINE, nearest_aspect, plan
     from reelgen.schemas import ExtendInput, GenerateInput, Mode, stored_input
 
@@ -126,89 +133,67 @@ def plan_extension(task_input: dict[str, Any], profile: Profile, *, seed: int, o
         )
     lead = len(original.tail)
     segment = job.segments[0]
-    frames = model_frames(segment.seconds, profile.fps) + lead - 1  # 8k+1 covering lead + seconds * fps
-    condition = Condition("lead", 0, 1.0, 0)
+    frames = model_frames(segment.seconds, profile.fps, lead)
+    condition = lead_condition(lead)
     stages = tuple(
         replace(st, frames=frames, pipeline=CONDITION_PIPELINE, conditions=(condition,)) for st in segment.stages
     )
-    lead_audio = None
+    sound = None
     if job.audio and original.audio is not None and original.sample_rate:
         from reelgen.media import fit_samples, stereo
 
         rate = original.sample_rate
         end = round(original.frames * rate / profile.fps)  # the sound ends where the picture does
         start = max(0, end - round((lead / profile.fps + TAIL_CONTEXT_SECONDS) * rate))
-        lead_audio = fit_samples(stereo(original.audio), end)[:, start:]
+        sound = fit_samples(stereo(original.audio), end)[:, start:]
     return replace(
         job,
         segments=(replace(segment, num_frames=frames, stages=stages, lead_frames=lead),),
-        lead_video=original.tail,
-        lead_audio=lead_audio,
-        lead_audio_rate=(original.sample_rate or 0) if lead_audio is not None else 0,
+        previous_frames=tuple(Image.fromarray(f) for f in original.tail),
+        previous_audio=sound,
+        previous_audio_rate=(original.sample_rate or 0) if sound is not None else 0,
     )
 
 
-def joined_audio(
-    original: Original, lead_audio: np.ndarray | None, audio: np.ndarray, rate: int, fps: int
-) -> np.ndarray:
-    """The whole soundtrack at ``rate``: the original's (silence if it has none; trimmed or padded to
-    exactly its frames' length), cross-faded over the lead into ``lead_audio`` (what the model made
-    under the lead), then the extension's ``audio``."""
+def write_joined(job: Job, original: Original, clip: Clip, out_path: Path, *, codec: str = "libx264") -> MediaInfo:
+    """One MP4 at ``out_path``: the original's frames (decoded and re-encoded chunk by chunk) with its
+    soundtrack (silence if it has none; trimmed or padded to exactly its frames' length), then the
+    clip's, joined as ``render`` joins a ``continue`` shot: the original's end crossfades into the
+    sound the model made under the lead (``Mp4Writer.add(lead_in=)``). No audio stream unless
+    ``job.audio``."""
     import numpy as np
 
-    from reelgen.media import crossfade, fit_samples, stereo
-
-    head_len = round(original.frames * rate / fps)
-    if original.audio is None:
-        return np.concatenate([np.zeros((2, head_len), dtype=np.float32), stereo(audio)], axis=-1)
-    if original.sample_rate != rate:
-        raise ReelgenError(
-            ErrorCode.GENERATION_FAILED,
-            f"the video to extend has sound at {original.sample_rate} Hz; this engine makes {rate} Hz",
-        )
-    head = fit_samples(stereo(original.audio), head_len)
-    n = 0 if lead_audio is None else min(lead_audio.shape[-1], head_len)
-    if n == 0 or lead_audio is None:
-        return np.concatenate([head, stereo(audio)], axis=-1)
-    faded = crossfade(head[:, head_len - n :], lead_audio[..., lead_audio.shape[-1] - n :])
-    return np.concatenate([head[:, : head_len - n], faded, stereo(audio)], axis=-1)
-
-
-def write_joined(job: Job, original: Original, clip: Clip, out_path: Path, *, codec: str = "libx264") -> MediaInfo:
-    """One MP4 at ``out_path``: the original's frames (re-encoded chunk by chunk) then the clip's, with
-    the joined soundtrack when ``job.audio`` (none at all otherwise)."""
-    from reelgen.media import Mp4Writer, read_frames
+    from reelgen.media import Mp4Writer, fit_samples, probe, read_frames
 
     rate = clip.sample_rate if job.audio else None
-    sound = None
+    head = None
     if rate is not None:
-        assert clip.audio is not None  # the engine's clip was checked
-        sound = joined_audio(original, clip.lead_audio, clip.audio, rate, job.fps)
-    writer = Mp4Writer(out_path, width=job.width, height=job.height, fps=job.fps, sample_rate=rate, codec=codec)
-    with writer:
-        done = 0
-        for chunk in read_frames(original.path, CHUNK_FRAMES):
-            writer.add(chunk, _audio_of(sound, done, len(chunk), rate, job.fps), fade=False)
-            done += len(chunk)
-        if done != original.frames:
+        if original.audio is not None and original.sample_rate != rate:
             raise ReelgenError(
-                ErrorCode.GENERATION_FAILED, f"the original decoded to {done} frames, then {original.frames}"
+                ErrorCode.GENERATION_FAILED,
+                f"the video to extend has sound at {original.sample_rate} Hz; this engine makes {rate} Hz",
             )
-        writer.add(clip.frames, None if sound is None else sound[:, _at(done, rate, job.fps) :], fade=False)
-    from reelgen.media import probe
+        length = round(original.frames * rate / job.fps)
+        silent = np.zeros((2, length), dtype=np.float32)
+        head = silent if original.audio is None else fit_samples(original.audio, length)
+    decoded = 0
 
+    def original_frames() -> Iterator[np.ndarray]:
+        nonlocal decoded
+        for chunk in read_frames(original.path, CHUNK_FRAMES):
+            decoded += len(chunk)
+            yield from chunk
+
+    with Mp4Writer(out_path, width=job.width, height=job.height, fps=job.fps, sample_rate=rate, codec=codec) as writer:
+        writer.add(original_frames(), head)
+        if decoded != original.frames:
+            raise ReelgenError(
+                ErrorCode.GENERATION_FAILED, f"the original decoded to {decoded} frames, then {original.frames}"
+            )
+        # a silent original has no sound to run on into the lead's: an ordinary joint
+        lead_in = clip.lead_audio if original.audio is not None else None
+        writer.add(clip.frames, clip.audio if rate is not None else None, lead_in=lead_in)
     return probe(out_path)
-
-
-def _at(frame: int, rate: int | None, fps: int) -> int:
-    return round(frame * (rate or 0) / fps)
-
-
-def _audio_of(sound: np.ndarray | None, start: int, frames: int, rate: int | None, fps: int) -> np.ndarray | None:
-    """The soundtrack under frames ``start`` .. ``start + frames`` (sample boundaries rounded alike)."""
-    if sound is None:
-        return None
-    return sound[:, _at(start, rate, fps) : _at(start + frames, rate, fps)]
 
 
 @contextlib.contextmanager

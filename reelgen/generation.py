@@ -1,9 +1,10 @@
 """One generation end to end: run every segment of a ``Job`` on an engine and write one MP4.
 
 ``render`` is what the worker and the local command (``reelgen.local``) share: one engine call per
-segment (a multi-shot job has one per shot, each with its own derived seed), clips streamed into the
-MP4 as they are made, progress reported over the whole job, and the file moved into place only when
-complete.
+segment (a multi-shot job has one per shot, each with its own derived seed), in order, each given
+what its continuity conditions need of the shots before it (``reelgen.continuity.Carry``), clips
+streamed into the MP4 as they are made, progress reported over the whole job, and the file moved
+into place only when complete.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reelgen.continuity import Carry
 from reelgen.engines.base import Clip, Engine
 from reelgen.errors import ErrorCode, ReelgenError
 
@@ -68,9 +70,10 @@ def render(
 
     def encode(w: Mp4Writer, clip: Clip) -> float:
         t0 = time.perf_counter()
-        w.add(clip.frames, clip.audio if job.audio else None)
+        w.add(clip.frames, clip.audio if job.audio else None, lead_in=clip.lead_audio if job.audio else None)
         return time.perf_counter() - t0
 
+    carry = Carry(job)
     try:
         for index, segment in enumerate(job.segments):
             before = sum(s.steps for s in job.segments[:index])
@@ -80,8 +83,9 @@ def render(
                     return True
                 return on_progress(before + done, job.total_steps) is not False
 
-            clip = engine.generate(job, segment, on_step)
+            clip = engine.generate(carry.job_for(index), segment, on_step)
             check_clip(job, clip, segment.seconds)
+            carry.keep(index, clip)
             if writer is None:
                 rate = clip.sample_rate if job.audio else None
                 codec = getattr(engine, "video_encoder", "libx264")

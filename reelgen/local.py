@@ -84,6 +84,8 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.shot:
         inp["multi_shots"] = True
         inp["multi_prompt"] = [_shot(s) for s in args.shot]
+    if args.continuity:  # validated with the rest (without --shot: INVALID_INPUT, unless cut)
+        inp["multi_shot_continuity"] = args.continuity
     if args.lora:
         inp["loras"] = [_lora(v) for v in args.lora]
     if args.camera:

@@ -76,6 +76,24 @@ def fade_edges(audio: np.ndarray, sample_rate: int, *, fade_in: bool, fade_out: 
     return out
 
 
+def crossfade_into(audio: np.ndarray, lead_in: np.ndarray) -> np.ndarray:
+    """A copy of ``audio`` (channels, samples) whose end crossfades, with equal power (the two sounds
+    are separate waveforms, not one signal), into ``lead_in``: the sound that runs on after ``audio``'s last
+    sample. Over the last ``min`` of both lengths, ``audio`` fades out as ``lead_in``'s tail fades in,
+    so the result ends on ``lead_in``'s last sample; its length is ``audio``'s."""
+    import numpy as np
+
+    out = np.array(audio, dtype=np.float32, copy=True)
+    n = min(out.shape[-1], lead_in.shape[-1])
+    if n == 0:
+        return out
+    t = np.linspace(0.0, np.pi / 2, n, dtype=np.float64)
+    fade_in, fade_out = np.sin(t).astype(np.float32), np.cos(t).astype(np.float32)
+    fade_in[-1], fade_out[-1] = 1.0, 0.0  # exactly the lead-in's last sample, next to the clip's first
+    out[:, -n:] = out[:, -n:] * fade_out + lead_in[:, -n:].astype(np.float32) * fade_in
+    return np.clip(out, -1.0, 1.0)
+
+
 def join_audio(parts: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
     """Concatenate soundtracks (each ``(channels, samples)``) with a fade at every joint."""
     import numpy as np
@@ -210,12 +228,19 @@ class Mp4Writer:
 
     # -- content ----------------------------------------------------------------------------
     def add(
-        self, frames: np.ndarray | Iterable[np.ndarray], audio: np.ndarray | None = None, *, fade: bool = True
+        self,
+        frames: np.ndarray | Iterable[np.ndarray],
+        audio: np.ndarray | None = None,
+        *,
+        lead_in: np.ndarray | None = None,
     ) -> None:
-        """Append frames (``uint8`` ``(n, height, width, 3)``) and, with audio on, their soundtrack.
+        """Append frames (``uint8`` ``(n, height, width, 3)``, or any iterable of ``(height, width,
+        3)`` frames: a long video need not be held whole) and, with audio on, their soundtrack.
 
-        ``fade=False``: this soundtrack continues the previous one as it is (the caller made the
-        joint continuous, or feeds one soundtrack in pieces): no fades at this joint."""
+        ``lead_in``: sound that runs on into ``audio`` from before it (the sound a segment made over
+        its lead frames: a ``continue`` shot's over the previous shot's last frames, an extension's
+        over the original's): the previous clip's end crossfades into it instead of the short fade
+        out and in, so the joined soundtrack flows on; every length stays as it was."""
         import av
         import numpy as np
 
@@ -238,8 +263,9 @@ class Mp4Writer:
         if audio is None:
             raise ReelgenError(ErrorCode.GENERATION_FAILED, "this file has an audio stream: every clip needs audio")
         clip_audio = stereo(audio)
-        if self._pending_audio is not None and not fade:
-            self._encode_audio(self._pending_audio)
+        if self._pending_audio is not None and lead_in is not None and lead_in.shape[-1]:
+            # A continuous joint: the previous clip's end crossfades into the sound that leads into this one.
+            self._encode_audio(crossfade_into(self._pending_audio, stereo(lead_in)))
         elif self._pending_audio is not None:
             # A joint: the previous clip fades out, this one fades in.
             self._encode_audio(fade_edges(self._pending_audio, self.sample_rate or 1, fade_in=False, fade_out=True))
@@ -288,19 +314,6 @@ def write_mp4(
                 raise ReelgenError(ErrorCode.GENERATION_FAILED, "all clips must share fps and sample rate")
             writer.add(clip.frames, clip.audio if audio else None)
     return probe(path)
-
-
-def crossfade(outgoing: np.ndarray, incoming: np.ndarray) -> np.ndarray:
-    """Equal-power cross-fade of two ``(channels, samples)`` waveforms of one length: ``outgoing``
-    fades out while ``incoming`` fades in (the extend model's join)."""
-    import numpy as np
-
-    a, b = stereo(outgoing), stereo(incoming)
-    if a.shape != b.shape:
-        raise ReelgenError(ErrorCode.GENERATION_FAILED, f"cross-fade of {a.shape} and {b.shape}")
-    t = np.linspace(0.0, np.pi / 2, a.shape[-1], dtype=np.float64)
-    out: np.ndarray = (a * np.cos(t) + b * np.sin(t)).astype(np.float32)
-    return out
 
 
 def read_frames(path: str | os.PathLike[str], chunk: int = 24) -> Iterator[np.ndarray]:

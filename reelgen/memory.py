@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from reelgen.continuity import lead_frames
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.planning import model_frames, request_loras
 from reelgen.schemas import AspectRatio, GenerateInput
@@ -95,8 +96,11 @@ def estimate(inp: GenerateInput, profile: Profile) -> Estimate:
     w, h = max((spec.generation_size(a) for a in aspects), key=lambda s: s[0] * s[1])
     shots = [s.duration for s in inp.multi_prompt or ()] if inp.multi_shots else []
     longest = max(shots, default=inp.duration)
-    frames = model_frames(longest, profile.fps)
-    latent_frames = (frames - 1) // _TEMPORAL + 1
+    # a later shot's continuity (any shot may be the longest): the previous shot's frames generated
+    # again (continue), or one latent frame of keyframe tokens (same_subject)
+    continuity = inp.multi_shot_continuity if len(shots) > 1 else None
+    frames = model_frames(longest, profile.fps, lead_frames(continuity, 1))
+    latent_frames = (frames - 1) // _TEMPORAL + 1 + int(continuity == "same_subject")
     weights = 0
     if not profile.is_tiny:
         params = dict(PARAMS[profile.generation])

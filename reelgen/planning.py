@@ -10,20 +10,26 @@ Invariants:
 * ``Job.width`` x ``Job.height`` is the MP4's size; stages run at the generation size (the output
   rounded up to what the model accepts, stage 1 at half of it when a stage 2 follows) and the
   decoded frames are centre-cropped to the output, never resampled.
-* A segment generates ``frames = 8k+1 >= seconds*fps + 1`` frames and keeps the first
-  ``seconds*fps``; an end image conditions the last frame kept (pixel frame ``seconds*fps - 1``).
-  A segment that continues a video (the extend model, ``reelgen.extension``) starts with
-  ``lead_frames`` of it (a ``lead`` condition at pixel frame 0), generates ``8k+1 >= lead_frames +
-  seconds*fps`` frames and keeps the ``seconds*fps`` after the lead.
+* A segment generates ``frames = 8k+1 >= seconds*fps + max(lead_frames, 1)`` frames and keeps
+  ``seconds*fps`` of them from ``lead_frames`` on; an end image conditions the last frame kept
+  (pixel frame ``lead_frames + seconds*fps - 1``). ``lead_frames`` is 0 unless the segment continues
+  the frames before it, which condition it at pixel frame 0 (a ``previous`` condition): the
+  previous shot's last frames (a ``continue`` shot, ``reelgen.continuity``) or the last frames of
+  the video being extended (the extend model, ``reelgen.extension``).
+
+Why one module over 400 lines: the plan's dataclasses and ``plan``, which fills them from every
+request field, are one definition that an operator (``--plan``) and the engine read alike; what
+stands apart already lives apart (``reelgen.continuity``, ``reelgen.extension``, ``reelgen.schedules``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from reelgen.continuity import lead_frames, shot_conditions
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import AspectRatio, GenerateInput, Mode
 
@@ -38,9 +44,10 @@ TEXT_PIPELINE = "LTX2Pipeline"
 CONDITION_PIPELINE = "LTX2ConditionPipeline"
 
 
-def model_frames(seconds: int, fps: int) -> int:
-    """Frames the LTX-2 model must generate to cover ``seconds``: the smallest 8k+1 >= seconds*fps+1."""
-    return 8 * math.ceil(seconds * fps / 8) + 1
+def model_frames(seconds: int, fps: int, lead: int = 0) -> int:
+    """Frames the LTX-2 model must generate to cover ``seconds`` after ``lead`` frames it does not
+    keep: the smallest 8k+1 >= seconds*fps + max(lead, 1)."""
+    return 8 * math.ceil((seconds * fps + max(lead, 1) - 1) / 8) + 1
 
 
 def derive_seed(seed: int, index: int) -> int:
@@ -59,14 +66,19 @@ def nearest_aspect(width: int, height: int) -> AspectRatio:
 
 @dataclass(frozen=True)
 class Condition:
-    """An input pinned to a pixel frame of the generated clip (``image``: ``start`` or ``end``, or
-    ``lead``: the last frames of the video being extended, from pixel frame 0)."""
+    """An input pinned to a pixel frame of the generated clip (``image``: ``start``, ``end``,
+    ``reference``, or ``previous``: the frames the segment continues, ``Job.previous_frames``)."""
 
     image: str
     pixel_frame: int
     strength: float = 1.0
     #: H.264 CRF the image is re-compressed with before encoding (0: not re-compressed)
     crf: int = 33
+    #: pixel frames it holds: 1 for an image; the segment's lead frames for ``image="previous"``
+    frames: int = 1
+    #: a guide keyframe: appended tokens that steer the frames at ``pixel_frame`` without replacing
+    #: any (at pixel frame 0 too, where an image otherwise replaces the first latent frame)
+    guide: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,10 +121,7 @@ class Stage:
             "sigmas": list(self.sigmas),
             "guidance": dict(self.guidance),
             "loras": [{"name": n, "strength": s} for n, s in self.loras],
-            "conditions": [
-                {"image": c.image, "pixel_frame": c.pixel_frame, "strength": c.strength, "crf": c.crf}
-                for c in self.conditions
-            ],
+            "conditions": [asdict(c) for c in self.conditions],
         }
 
 
@@ -127,7 +136,8 @@ class Segment:
     stages: tuple[Stage, ...] = ()
     #: used by classifier-free guidance; None when no stage is guided
     negative_prompt: str | None = None
-    #: frames of a video being extended that the segment starts with (generated, then dropped)
+    #: generated frames before the kept ones: the frames the segment continues (a ``continue`` shot's
+    #: copy of the previous shot's end, or the end of the video being extended), dropped afterwards
     lead_frames: int = 0
 
     @property
@@ -162,26 +172,38 @@ class Job:
     generation_width: int = 0
     generation_height: int = 0
     max_sequence_length: int = 1024
+    #: ``multi_shot_continuity``: ``cut``, ``continue`` or ``same_subject`` (``reelgen.continuity``)
+    continuity: str = "cut"
     start_image: Image.Image | None = field(default=None, compare=False)
     end_image: Image.Image | None = field(default=None, compare=False)
-    #: the extend model: the last frames of the video being extended, ``uint8`` ``(n, height, width, 3)``
-    lead_video: np.ndarray | None = field(default=None, compare=False)
-    #: and its soundtrack's end, ``float32`` ``(channels, samples)`` at ``lead_audio_rate`` Hz, ending
-    #: where the video does (None: the new soundtrack is not conditioned on it)
-    lead_audio: np.ndarray | None = field(default=None, compare=False)
-    lead_audio_rate: int = 0
+    #: the frames a ``previous`` condition continues, each at the output size: carried from earlier
+    #: shots while the job runs (``continuity.Carry``: the previous shot's last frames), or the last
+    #: frames of the video being extended (``extension.plan_extension``); and shot 1's reference
+    previous_frames: tuple[Image.Image, ...] = field(default=(), compare=False)
+    reference_image: Image.Image | None = field(default=None, compare=False)
+    #: the sound under ``previous_frames`` (and some context before it), ``float32`` ``(channels,
+    #: samples)`` at ``previous_audio_rate`` Hz, ending where they do: the generation's first audio
+    #: tokens are held on it (``engines/audio_condition``; the extend model sets it). None: the new
+    #: soundtrack is not conditioned on sound
+    previous_audio: np.ndarray | None = field(default=None, compare=False)
+    previous_audio_rate: int = 0
 
     @property
     def seconds(self) -> int:
         return sum(s.seconds for s in self.segments)
 
     def image(self, which: str) -> Image.Image | None:
-        """The image a ``Condition`` names: ``start`` or ``end``."""
-        return self.start_image if which == "start" else self.end_image if which == "end" else None
+        """The image a ``Condition`` names: ``start``, ``end`` or ``reference``."""
+        return {"start": self.start_image, "end": self.end_image, "reference": self.reference_image}.get(which)
 
-    def has_condition(self, which: str) -> bool:
-        """Whether the input a ``Condition`` names was given."""
-        return self.lead_video is not None if which == "lead" else self.image(which) is not None
+    def pictures(self, condition: Condition) -> list[Image.Image]:
+        """What ``condition`` puts in: its image, or the last ``frames`` of ``previous_frames``
+        (empty when the job does not hold them)."""
+        if condition.image == "previous":
+            held = self.previous_frames
+            return list(held[-condition.frames :]) if len(held) >= condition.frames else []
+        image = self.image(condition.image)
+        return [] if image is None else [image]
 
     @property
     def total_steps(self) -> int:
@@ -201,6 +223,7 @@ class Job:
             "audio": self.audio,
             "generation_width": self.generation_width,
             "generation_height": self.generation_height,
+            "continuity": self.continuity,
             "segments": [s.as_dict() for s in self.segments],
         }
 
@@ -335,6 +358,7 @@ def plan(
     images = len(inp.image_urls or ())
     extra = request_loras(inp, profile)
     triggers = list(dict.fromkeys(t for name, _ in extra for t in profile.loras[name].trigger_words))
+    continuity = inp.multi_shot_continuity if inp.multi_shots else None
     if inp.multi_shots and inp.multi_prompt:
         shared = inp.prompt.strip()
         shots = [(_shot_prompt(shared, s.prompt.strip()), s.duration) for s in inp.multi_prompt]
@@ -346,12 +370,13 @@ def plan(
     for i, (prompt, seconds) in enumerate(shots):
         if seconds < 1:
             raise ReelgenError(ErrorCode.INVALID_INPUT, f"a shot must last at least 1 s (got {seconds} s)")
-        frames = model_frames(seconds, profile.fps)
-        conditions: list[Condition] = []
+        lead = lead_frames(continuity, i)
+        frames = model_frames(seconds, profile.fps, lead)
+        conditions: list[Condition] = shot_conditions(continuity, i, profile)
         if images >= 1 and i == 0:
             conditions.append(Condition("start", 0, 1.0, profile.image_crf))
         if images >= 2 and i == len(shots) - 1:
-            conditions.append(Condition("end", seconds * profile.fps - 1, 1.0, profile.image_crf))
+            conditions.append(Condition("end", lead + seconds * profile.fps - 1, 1.0, profile.image_crf))
         stages = []
         for k, st in enumerate(spec.stages):
             half = spec.two_stage and k == 0
@@ -380,6 +405,7 @@ def plan(
                 seed=derive_seed(seed, i),
                 stages=tuple(stages),
                 negative_prompt=negative if guided else None,
+                lead_frames=lead,
             )
         )
     return Job(
@@ -394,6 +420,7 @@ def plan(
         generation_width=gen_w,
         generation_height=gen_h,
         max_sequence_length=profile.max_sequence_length,
+        continuity=continuity or "cut",
     )
 
 

@@ -26,6 +26,7 @@ from pydantic import (
     StrictBool,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -122,6 +123,9 @@ MIN_STRENGTH, MAX_STRENGTH = -2.0, 2.0
 #: ``camera_control.type``: the seven moves of the official LTX-2 camera LoRAs
 CameraMove = Literal["dolly_in", "dolly_out", "dolly_left", "dolly_right", "jib_up", "jib_down", "static"]
 CAMERA_MOVES: tuple[str, ...] = get_args(CameraMove)
+#: ``multi_shot_continuity``: how the shots of a multi-shot video relate (``cut``: independent shots)
+Continuity = Literal["cut", "continue", "same_subject"]
+CONTINUITY_MODES: tuple[str, ...] = get_args(Continuity)
 Strength = Annotated[
     float, BeforeValidator(_real_number), Field(ge=MIN_STRENGTH, le=MAX_STRENGTH, allow_inf_nan=False, strict=False)
 ]
@@ -184,6 +188,8 @@ class GenerateInput(BaseModel):
     loras: tuple[LoraRequest, ...] | None = Field(default=None, max_length=MAX_REQUEST_LORAS)
     #: extension: a camera move (the profile's camera LoRAs)
     camera_control: CameraControl | None = None
+    #: extension: later shots continue the previous one's picture, or keep shot 1's subject (None = "cut")
+    multi_shot_continuity: Continuity | None = None
 
     @field_validator("loras")
     @classmethod
@@ -191,6 +197,15 @@ class GenerateInput(BaseModel):
         names = [item.name for item in v or ()]
         if len(set(names)) != len(names):
             raise ValueError("each LoRA may be listed once")
+        return v
+
+    @field_validator("multi_shot_continuity")
+    @classmethod
+    def _continuity_needs_shots(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # refused rather than ignored: one generation has no later shot to continue (multi_shots is
+        # declared first, so it is validated by now; absent from info.data when it was invalid itself)
+        if v not in (None, "cut") and info.data.get("multi_shots") is False:
+            raise ValueError(f"{v!r} needs multi_shots: true (one generation has no later shot)")
         return v
 
     @field_validator("image_urls")

@@ -276,8 +276,8 @@ def test_generate_plan_prints_what_the_engine_runs(capsys: pytest.CaptureFixture
     assert one["pipeline"] == two["pipeline"] == "LTX2ConditionPipeline"
     assert (one["width"], one["height"], two["width"], two["height"]) == (960, 544, 1920, 1088)
     assert one["conditions"] == [
-        {"image": "start", "pixel_frame": 0, "strength": 1.0, "crf": 18},
-        {"image": "end", "pixel_frame": 119, "strength": 1.0, "crf": 18},
+        {"image": "start", "pixel_frame": 0, "strength": 1.0, "crf": 18, "frames": 1, "guide": False},
+        {"image": "end", "pixel_frame": 119, "strength": 1.0, "crf": 18, "frames": 1, "guide": False},
     ]
     assert len(one["sigmas"]) == 30 and one["guidance"]["spatio_temporal_guidance_blocks"] == [28]
     assert two["sigmas"] == [0.909375, 0.725, 0.421875] and two["loras"] == [{"name": "distilled", "strength": 1.0}]

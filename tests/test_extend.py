@@ -24,6 +24,7 @@ from reelgen import service
 from reelgen.attempt import Worker
 from reelgen.cli import main as cli_main
 from reelgen.client import Client
+from reelgen.continuity import lead_condition
 from reelgen.domain import TaskStatus
 from reelgen.engines import Engine
 from reelgen.errors import ErrorCode, ReelgenError
@@ -306,8 +307,9 @@ def test_extend_reads_the_original_from_an_s3_bucket(tmp_path: Path, tiny_engine
 
 
 def test_plan_leads_with_the_original_last_frames(tmp_path: Path, tiny_engine: Engine) -> None:
-    """The plan: one segment in the original's mode and size, a ``lead`` condition at frame 0 of
-    ``LEAD_FRAMES`` frames, 8k+1 frames covering the lead and the added seconds."""
+    """The plan: one segment in the original's mode and size that continues the original's last
+    ``LEAD_FRAMES`` frames as a ``continue`` shot does (the one ``previous`` condition at frame 0,
+    the frames in ``Job.previous_frames``), 8k+1 frames covering the lead and the added seconds."""
     from reelgen.domain import plan
     from reelgen.generation import render
     from reelgen.profiles import get_profile
@@ -330,7 +332,9 @@ def test_plan_leads_with_the_original_last_frames(tmp_path: Path, tiny_engine: E
     assert (ext.width, ext.height, ext.audio) == (job.width, job.height, True)
     assert segment.lead_frames == LEAD_FRAMES and segment.num_frames % 8 == 1
     assert segment.num_frames >= LEAD_FRAMES + 4 * profile.fps
-    assert all(c.image == "lead" and c.pixel_frame == 0 for st in segment.stages for c in st.conditions)
+    assert all(c == lead_condition(LEAD_FRAMES) for st in segment.stages for c in st.conditions)
+    assert len(ext.previous_frames) == LEAD_FRAMES and ext.previous_frames[-1].size == (job.width, job.height)
+    assert np.array_equal(np.asarray(ext.previous_frames[0]), original.tail[0])
     assert ext.as_dict()["segments"][0]["lead_frames"] == LEAD_FRAMES
 
 
@@ -381,7 +385,7 @@ def test_the_original_sound_conditions_the_first_audio_tokens(tmp_path: Path, ti
         seed=5,
         original=original,
     )
-    assert job.lead_audio is not None and job.lead_audio_rate == original.sample_rate
+    assert job.previous_audio is not None and job.previous_audio_rate == original.sample_rate
     (segment,) = job.segments
     engine: Any = tiny_engine
     tail = engine._audio_tail(job, segment)
@@ -394,7 +398,7 @@ def test_the_original_sound_conditions_the_first_audio_tokens(tmp_path: Path, ti
     held = sound_latents(job)
     k = tail.shape[2]
     assert torch.allclose(held[:, :, :k], tail, atol=1e-5)
-    free = sound_latents(dataclasses.replace(job, lead_audio=None, lead_audio_rate=0))
+    free = sound_latents(dataclasses.replace(job, previous_audio=None, previous_audio_rate=0))
     assert not torch.allclose(free[:, :, :k], tail, atol=1e-2)
 
 

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from reelgen.schemas import (
     CAMERA_MOVES,
+    CONTINUITY_MODES,
     EXTERNAL_TASK_ID_PATTERN,
     IMAGE_TO_VIDEO,
     IMAGE_URL_PATTERN,
@@ -193,6 +194,16 @@ def _input_schema(model: str, offer: Offer | None = None) -> dict[str, Any]:
             "items": shot,
             "description": "The shots, in order; their durations must add up to duration (else 400 INVALID_INPUT).",
         },
+        "multi_shot_continuity": {
+            "type": ["string", "null"],
+            "enum": [*CONTINUITY_MODES, None],
+            "default": "cut",
+            "description": (
+                "Extension, with multi_shots: true (else 400 INVALID_INPUT, except cut): cut = independent "
+                "shots; continue = each shot flows on from the last frames of the one before; same_subject = "
+                "later shots are guided by shot 1's subject and still cut. Same price."
+            ),
+        },
         # Kling's own fields
         "negative_prompt": {
             "type": ["string", "null"],
@@ -278,10 +289,16 @@ def _input_schema(model: str, offer: Offer | None = None) -> dict[str, Any]:
         "additionalProperties": False,
         "required": required,
         "properties": props,
-        # multi_shots: true needs shots; otherwise shots are refused (an empty list or null is no shots)
+        # multi_shots: true needs shots; otherwise shots (an empty list or null is no shots) and a
+        # continuity other than cut are refused
         "if": {"required": ["multi_shots"], "properties": {"multi_shots": {"const": True}}},
         "then": {"required": ["multi_prompt"], "properties": {"multi_prompt": {"type": "array", "minItems": 1}}},
-        "else": {"properties": {"multi_prompt": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}}},
+        "else": {
+            "properties": {
+                "multi_prompt": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]},
+                "multi_shot_continuity": {"enum": ["cut", None]},
+            }
+        },
     }
 
 

@@ -44,6 +44,7 @@ FIELDS = (
     "image_urls",
     "multi_shots",
     "multi_prompt",
+    "multi_shot_continuity",
     "negative_prompt",
     "cfg_scale",
     "seed",
@@ -190,6 +191,7 @@ def build_server(backend_for: Callable[[Context], Backend]) -> MCPServer:
         image_urls: list[str] | None = None,
         multi_shots: bool | None = None,
         multi_prompt: list[Shot] | None = None,
+        multi_shot_continuity: Literal["cut", "continue", "same_subject"] | None = None,
         negative_prompt: str | None = None,
         cfg_scale: float | None = None,
         seed: int | None = None,
@@ -212,6 +214,7 @@ def build_server(backend_for: Callable[[Context], Backend]) -> MCPServer:
         image_urls: list[str] | None = None,
         multi_shots: bool | None = None,
         multi_prompt: list[Shot] | None = None,
+        multi_shot_continuity: Literal["cut", "continue", "same_subject"] | None = None,
         negative_prompt: str | None = None,
         cfg_scale: float | None = None,
         seed: int | None = None,
@@ -221,7 +224,9 @@ def build_server(backend_for: Callable[[Context], Backend]) -> MCPServer:
 
         image_urls: 1 start frame, or start and end frame (image-to-video); http(s) URLs or data URIs,
         or local file paths with `reelgen mcp` (uploaded for you). multi_prompt: shots whose durations
-        add up to duration (with multi_shots true). Returns the task id; then call wait.
+        add up to duration (with multi_shots true); multi_shot_continuity: cut (default), continue (each
+        shot flows on from the one before) or same_subject (later shots keep shot 1's subject). Returns
+        the task id; then call wait.
         """
         args = {k: v for k, v in locals().items() if k in FIELDS}
         async with _tool_errors():

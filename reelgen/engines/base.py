@@ -51,8 +51,9 @@ class Clip:
     rows: dict[str, int] = field(default_factory=dict)
     #: transformer calls per stage that the step cache answered without running the blocks
     cached: dict[str, int] = field(default_factory=dict)
-    #: a continuing segment (``Segment.lead_frames``): the soundtrack generated under its lead, which
-    #: re-creates the end of the video being extended (the join cross-fades into it)
+    #: the soundtrack the model made over a segment's lead frames (the frames it continues: a
+    #: ``continue`` shot's copy of the previous shot's end, or the end of the video being extended;
+    #: not kept): the file crossfades the sound before the joint into it (``Mp4Writer.add``)
     lead_audio: np.ndarray | None = None
 
 
@@ -65,7 +66,12 @@ class Engine(Protocol):
     def generate(self, job: Job, segment: Segment, on_step: StepCallback | None = None) -> Clip:
         """Generate one segment of ``job`` (frames trimmed to ``segment.seconds * job.fps``).
 
-        ``job.start_image`` conditions the job's first segment and ``job.end_image`` its last one.
+        ``job.start_image`` conditions the job's first segment and ``job.end_image`` its last one;
+        a later shot's continuity conditions read ``job.previous_frames`` / ``job.reference_image``,
+        which ``render`` fills from the shots before it (``reelgen.continuity.Carry``; the extend
+        model fills ``previous_frames`` with the end of the video it continues, and
+        ``job.previous_audio`` with its sound), and a segment's ``lead_frames`` are generated but not
+        returned (their sound is, as ``Clip.lead_audio``).
         Invalid input raises ``ReelgenError`` before any work; ``on_step`` returning False raises
         ``Cancelled`` at the next step boundary. The same job and segment give the same clip.
         """
@@ -83,15 +89,12 @@ def check_segment(job: Job, segment: Segment, *, num_layers: int, has_upsampler:
     if job.fps <= 0:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"fps {job.fps} must be positive")
     lead = segment.lead_frames
-    if segment.num_frames % 8 != 1 or segment.num_frames < lead + segment.seconds * job.fps + (0 if lead else 1):
+    if lead < 0 or segment.num_frames % 8 != 1 or segment.num_frames < segment.seconds * job.fps + max(lead, 1):
         raise ReelgenError(
             ErrorCode.INVALID_INPUT,
-            f"num_frames {segment.num_frames} must be 8k+1 and cover {lead} lead frames and {segment.seconds} s "
-            f"at {job.fps} fps",
+            f"num_frames {segment.num_frames} must be 8k+1 and cover {segment.seconds} s at {job.fps} fps"
+            + (f" after {lead} lead frames" if lead else ""),
         )
-    if lead and (job.lead_video is None or len(job.lead_video) != lead or lead % 8 != 1):
-        have = None if job.lead_video is None else len(job.lead_video)
-        raise ReelgenError(ErrorCode.INVALID_INPUT, f"the segment leads with {lead} frames (8k+1); {have} given")
     if not segment.stages or len(segment.stages) > 2:
         raise ReelgenError(ErrorCode.INVALID_INPUT, f"a segment has one or two stages (got {len(segment.stages)})")
     for k, stage in enumerate(segment.stages):
@@ -111,9 +114,8 @@ def check_segment(job: Job, segment: Segment, *, num_layers: int, has_upsampler:
                 f"{stage.name}: STG blocks {blocks} outside the transformer's 0-{num_layers - 1}",
             )
         for c in stage.conditions:
-            if not job.has_condition(c.image):
-                what = "the lead frames" if c.image == "lead" else f"a {c.image} image"
-                raise ReelgenError(ErrorCode.INVALID_INPUT, f"the plan conditions on {what}; none given")
+            if not job.pictures(c):
+                raise ReelgenError(ErrorCode.INVALID_INPUT, f"the plan conditions on a {c.image} image; none given")
             if not 0 <= c.pixel_frame < segment.num_frames:
                 raise ReelgenError(
                     ErrorCode.INVALID_INPUT,

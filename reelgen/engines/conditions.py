@@ -6,7 +6,8 @@ reference (``VideoConditionByKeyframeIndex``) takes the pixel frame itself. A 5 
 0-119, so the nearest latent slot (113) would make the end image appear 0.3 s early and the last
 frames run past it. ``PixelFrameConditionPipeline`` keeps everything diffusers does (encoding, CRF,
 token appending, masks) and only places each keyframe at its ``Condition.pixel_frame``; a condition at
-pixel frame 0 replaces the first latent frame, as in the reference.
+pixel frame 0 replaces the first latent frame, as in the reference (a video condition there, the
+frames a segment continues, the first latent frames it fills), unless it is a guide keyframe.
 
 This module imports diffusers at import time: only the engine imports it, lazily.
 """
@@ -32,14 +33,21 @@ class PixelFrameCondition(LTX2VideoCondition):
 
 
 def condition_for(
-    image: Image.Image | np.ndarray, pixel_frame: int, strength: float, crf: int, frames: int
+    image: Image.Image | list[Image.Image],
+    pixel_frame: int,
+    strength: float,
+    crf: int,
+    frames: int,
+    *,
+    guide: bool = False,
 ) -> PixelFrameCondition:
-    """A condition at ``pixel_frame`` of a ``frames``-frame generation (0: the first latent frame).
-    ``image`` may be several frames (``uint8`` ``(n, h, w, 3)``, n = 8k+1): at pixel frame 0 they
-    replace the first ``k+1`` latent frames (how the extend model continues a video)."""
+    """A condition at ``pixel_frame`` of a ``frames``-frame generation: at 0 it replaces the first
+    latent frame(s) (a list of frames: as many latent frames as they fill), unless it is a ``guide``:
+    a keyframe of appended tokens that replaces nothing, at any pixel frame."""
     latent_frames = (frames - 1) // 8 + 1
     # Any keyframe slot makes diffusers treat it as an appended keyframe; its position is set below.
-    index = 0 if pixel_frame == 0 else min(latent_frames - 1, max(1, (pixel_frame - 1) // 8 + 1))
+    replaces = pixel_frame == 0 and not guide
+    index = 0 if replaces else min(latent_frames - 1, max(1, (pixel_frame - 1) // 8 + 1))
     return PixelFrameCondition(frames=image, index=index, strength=strength, crf=crf, pixel_frame=pixel_frame)
 
 

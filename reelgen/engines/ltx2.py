@@ -218,22 +218,20 @@ class LTX2Engine:
             hook.remove()
         from reelgen.media import fit_samples
 
+        # a segment's lead frames are the ones it continues (``Segment.lead_frames``): kept out, with
+        # their sound returned apart for the joint
         lead, keep = segment.lead_frames, segment.seconds * job.fps
+        lead_samples = lead * self.sample_rate // job.fps
         want_samples = segment.seconds * self.sample_rate
-        lead_audio = None
-        if sound is not None and lead:  # the soundtrack under the lead is returned apart, for the join
-            lead_samples = round(lead * self.sample_rate / job.fps)
-            lead_audio = fit_samples(sound[..., :lead_samples], lead_samples)
-            sound = sound[..., lead_samples:]
         return Clip(
             frames=_centre_crop(frames[lead : lead + keep], job.width, job.height),
             fps=job.fps,
-            audio=fit_samples(sound, want_samples) if sound is not None else None,
+            audio=fit_samples(sound[..., lead_samples:], want_samples) if sound is not None else None,
             sample_rate=self.sample_rate if sound is not None else None,
             timings=timings,
             rows=progress.rows,
             cached=self.step_cache.take(),
-            lead_audio=lead_audio,
+            lead_audio=sound[..., :lead_samples].astype("float32") if sound is not None and lead else None,
         )
 
     def _timed(self, timings: list[tuple[str, float]], name: str, fn: Callable[[], Any]) -> Any:
@@ -303,7 +301,7 @@ class LTX2Engine:
             if stage.conditions:
                 call["conditions"] = self._conditions(job, segment, stage)
             pipe = self._pipeline(stage.pipeline)
-            if tail is not None:  # the original's sound under the lead (``audio_condition``)
+            if tail is not None:  # the sound under the lead frames (``audio_condition``)
                 scheduler = lib("reelgen.engines.audio_condition").tail_scheduler(pipe, tail, generator, self.device)
                 object.__setattr__(pipe, "audio_scheduler", scheduler)  # not a registered component change
             try:
@@ -314,16 +312,17 @@ class LTX2Engine:
         return video, audio
 
     def _audio_tail(self, job: Job, segment: Segment) -> torch.Tensor | None:
-        """The latents of the extended video's soundtrack under the lead (``audio_condition.encode_tail``),
-        or None when there is nothing to condition the sound on."""
-        if not (job.audio and segment.lead_frames and job.lead_audio is not None and job.lead_audio_rate):
+        """The latents of the sound under the segment's lead frames (``Job.previous_audio``, set by the
+        extend model; ``audio_condition.encode_tail``), or None when there is nothing to condition the
+        sound on."""
+        if not (job.audio and segment.lead_frames and job.previous_audio is not None and job.previous_audio_rate):
             return None
         cond = lib("reelgen.engines.audio_condition")
         vae = self._components["audio_vae"]
         tokens = int(segment.lead_frames / job.fps * cond.latents_per_second(vae))
         if tokens < 1:
             return None
-        return cond.encode_tail(vae, job.lead_audio, job.lead_audio_rate, tokens, self.device)  # type: ignore[no-any-return]
+        return cond.encode_tail(vae, job.previous_audio, job.previous_audio_rate, tokens, self.device)  # type: ignore[no-any-return]
 
     def _upsample(self, video: torch.Tensor) -> torch.Tensor:
         """Stage 1's (denormalised) video latents doubled in width and height by the latent upsampler."""
@@ -331,22 +330,30 @@ class LTX2Engine:
         return upsample(latents=video, latents_normalized=False, output_type="latent", return_dict=False)[0]  # type: ignore[no-any-return]
 
     def _conditions(self, job: Job, segment: Segment, stage: Stage) -> list[Any]:
-        """The stage's conditions: images at the generation size, at their pixel frames; a ``lead``
-        (extend) is the continued video's last frames as one multi-frame condition at frame 0."""
+        """The stage's conditions: images (or the frames the segment continues, ``Job.pictures``) at
+        the generation size, at their pixel frames."""
         conditions = lib("reelgen.engines.conditions")
         last = segment.stages[-1]
         out = []
         for c in stage.conditions:
-            if c.image == "lead":  # the video being extended: its last frames replace the first latents
-                assert job.lead_video is not None  # checked by check_segment
-                lead = conditions.pad_frames_to(job.lead_video, last.width, last.height)
-                out.append(conditions.condition_for(lead, 0, c.strength, 0, segment.num_frames))
-                continue
-            image = job.image(c.image)
-            assert image is not None  # checked by _check
-            fitted = image if image.size == (job.width, job.height) else _fit(image, job.width, job.height)
-            padded = conditions.pad_to(fitted, last.width, last.height)
-            out.append(conditions.condition_for(padded, c.pixel_frame, c.strength, c.crf, segment.num_frames))
+            padded = [
+                conditions.pad_to(
+                    image if image.size == (job.width, job.height) else _fit(image, job.width, job.height),
+                    last.width,
+                    last.height,
+                )
+                for image in job.pictures(c)  # never empty: checked by check_segment
+            ]
+            out.append(
+                conditions.condition_for(
+                    padded[0] if len(padded) == 1 else padded,
+                    c.pixel_frame,
+                    c.strength,
+                    c.crf,
+                    segment.num_frames,
+                    guide=c.guide,
+                )
+            )
         return out
 
     def _decode_video(self, latents: torch.Tensor) -> np.ndarray:

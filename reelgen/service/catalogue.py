@@ -41,6 +41,8 @@ MODEL_INPUTS = {
 LORA_INPUT, CAMERA_INPUT = "loras", "camera_control"
 #: Kling's own optional fields, taken by both models.
 KLING_INPUTS = ["negative_prompt", "cfg_scale", "seed", "callback_url", "external_task_id"]
+#: extensions both models always take
+ALWAYS_EXTENSIONS = ["multi_shot_continuity"]
 
 
 def models(ctx: Context, type: str | None = None) -> list[dict[str, Any]]:
@@ -68,7 +70,7 @@ def models(ctx: Context, type: str | None = None) -> list[dict[str, Any]]:
             "id": model_id,
             "name": MODEL_NAMES[model_id],
             "type": "video",
-            "inputs": MODEL_INPUTS[model_id] + KLING_INPUTS + extensions,
+            "inputs": MODEL_INPUTS[model_id] + KLING_INPUTS + ALWAYS_EXTENSIONS + extensions,
             "aspectRatios": [a.value for a in AspectRatio] if model_id == TEXT_TO_VIDEO else None,
             "modes": [m.value for m in Mode],
             "minDuration": max(MIN_DURATION, p.min_duration),

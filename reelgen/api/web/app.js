@@ -375,6 +375,7 @@ function buildRequest() {
     }
     input.multi_shots = true;
     input.multi_prompt = state.shots.map((s) => ({ prompt: s.prompt, duration: Number(s.duration) }));
+    if ($("continuity").value !== "cut") input.multi_shot_continuity = $("continuity").value;
   }
   return { problems, body: model ? { model: model.id, input } : null };
 }
