@@ -278,14 +278,16 @@ class Worker:
 
     def _execute(self, att: Attempt) -> None:
         from reelgen.engines.base import Cancelled
-        from reelgen.generation import render
+        from reelgen.generation import enhance, render
 
         task = att.task
+        enhanced: tuple[str, ...] = ()  # the prompts the enhancer wrote (an extension's is not enhanced)
         try:
             if task.model == VIDEO_EXTEND:  # continue another task's video (``reelgen.extension``)
                 info = self._extend(att)
             else:
                 job = self._plan(task)
+                job, enhanced = enhance(job, self.engine, on_progress=lambda d, t: self._on_step(att, d, t))
                 info = render(job, self.engine, att.scratch, on_progress=lambda d, t: self._on_step(att, d, t))
         except Cancelled:
             if att.stop_reason is StopReason.SHUTDOWN:
@@ -305,7 +307,7 @@ class Worker:
             log.exception("task %s attempt %d: unexpected error", task.id, task.attempt)
             self._fail(att, ErrorCode.GENERATION_FAILED.value, GENERIC_FAILURE)
             return
-        self._finish(att, info)
+        self._finish(att, info, enhanced or None)
 
     def _plan(self, task: TaskRow) -> Job:
         """Validate the stored input, fetch and fit its images, and plan the job."""
@@ -360,8 +362,9 @@ class Worker:
         return not att.stop.is_set()
 
     # -- outcomes ---------------------------------------------------------------------------
-    def _finish(self, att: Attempt, info: MediaInfo) -> None:
-        """Store the output, then complete the task (capturing credits); delete the output if that is refused."""
+    def _finish(self, att: Attempt, info: MediaInfo, enhanced: tuple[str, ...] | None = None) -> None:
+        """Store the output, then complete the task (capturing credits) with the prompts the enhancer
+        wrote (``enhanced``, one per segment); delete the output if completing is refused."""
         from reelgen.store import tasks
 
         task = att.task
@@ -387,6 +390,7 @@ class Worker:
                     duration=info.duration,
                     has_audio=info.has_audio,
                     now=utcnow(),
+                    enhanced_prompts=enhanced,
                 )
 
             won: bool | None

@@ -119,6 +119,11 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         help="a camera move (the profile's camera LoRAs); --camera-strength sets its strength",
     )
     p.add_argument("--camera-strength", type=float, help="strength of the --camera move (default: the LoRA's)")
+    p.add_argument(
+        "--enhance-prompt",
+        action="store_true",
+        help="have the model's own enhancer rewrite each shot's prompt first (priced per prompt; see /models)",
+    )
     p.add_argument("--negative-prompt", help="what to avoid (default: the profile's; guided stages only)")
     p.add_argument("--cfg-scale", type=float, help="0-1: how closely to follow the prompt (0.5 = the profile's)")
     p.add_argument("--external-task-id", help="your own id of the task (unique per account)")
@@ -374,7 +379,7 @@ def _follow(args: argparse.Namespace, client: Client, task: Task) -> int:
     balance = client.credits()
     elapsed = time.monotonic() - started
     output = done.output
-    summary = {
+    summary: dict[str, Any] = {
         "id": done.id,
         "status": done.status,
         "model": done.model,
@@ -386,6 +391,9 @@ def _follow(args: argparse.Namespace, client: Client, task: Task) -> int:
         "hasAudio": output.hasAudio if output else None,
         "elapsedSeconds": round(elapsed, 1),
     }
+    if done.enhancedPrompt is not None or done.enhancedMultiPrompt is not None:
+        summary["enhancedPrompt"] = done.enhancedPrompt
+        summary["enhancedMultiPrompt"] = done.enhancedMultiPrompt
     if args.json:
         _emit(summary)
         return 0
@@ -394,6 +402,10 @@ def _follow(args: argparse.Namespace, client: Client, task: Task) -> int:
     print(f"task {done.id} completed in {elapsed:.1f} s")
     print(f"cost {done.creditsUsed} credits, {balance.credits} credits left")
     print(f"wrote {out} ({length}{audio})")
+    if done.enhancedPrompt is not None:
+        print(f"enhanced prompt: {done.enhancedPrompt}")
+    for i, shot in enumerate(done.enhancedMultiPrompt or (), 1):
+        print(f"enhanced prompt of shot {i}: {shot.get('prompt')}")
     return 0
 
 

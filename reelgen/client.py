@@ -510,7 +510,9 @@ class Client(_Base):
         uploaded first (``upload``) and sent as their ``publicUrl``. The extensions go the same way:
         ``loras=[{"name": "watercolor", "strength": 0.8}]``, ``camera_control={"type": "dolly_in"}``
         (``models()`` lists what the server offers), ``multi_shot_continuity="continue"`` or
-        ``"same_subject"`` with ``multi_shots=True`` (shots that flow on, or keep shot 1's subject).
+        ``"same_subject"`` with ``multi_shots=True`` (shots that flow on, or keep shot 1's subject),
+        ``enhance_prompt=True`` (the completed task's ``enhancedPrompt``, or ``enhancedMultiPrompt`` for
+        shots, is what the model was conditioned on).
         """
         uploaded = {i: self.upload(path) for i, path in _local_images(input).items()}
         return Task.from_api(self._call("POST", f"{API}/generate", json=_generate_body(model, input, uploaded)))

@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     # execution
     executor: Literal["local", "ray", "none"] = "local"
     ray_address: str | None = Field(default=None, description="Ray cluster to join; default: start a local one")
-    ray_actors: int = Field(default=0, ge=0, description="engine actors; 0 = one per GPU in the Ray cluster")
+    ray_actors: int = Field(
+        default=0, ge=0, description="engine actors (with parallel: groups); 0 = one per GPU (group) in the Ray cluster"
+    )
     devices: str = "cpu"
     parallel: str | None = Field(
         default=None,

@@ -8,10 +8,21 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from reelgen.planning import Condition, Job, Segment, Stage, derive_seed, model_frames, nearest_aspect, plan
+from reelgen.enhancement import Enhancement
+from reelgen.planning import (
+    Condition,
+    Job,
+    Segment,
+    Stage,
+    derive_seed,
+    model_frames,
+    nearest_aspect,
+    plan,
+)
 
 __all__ = [
     "Condition",
+    "Enhancement",
     "Job",
     "Segment",
     "Stage",

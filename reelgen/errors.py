@@ -47,6 +47,8 @@ class ErrorCode(StrEnum):
     TIMEOUT = "TIMEOUT"
     #: a LoRA the request asked for (``input.loras``, ``camera_control``) could not be loaded
     LORA_FAILED = "LORA_FAILED"
+    #: ``input.enhance_prompt``: the prompt enhancer could not be loaded, failed, or wrote nothing
+    PROMPT_ENHANCEMENT_FAILED = "PROMPT_ENHANCEMENT_FAILED"
     CANCELLED = "CANCELLED"
     # operator side (CLI, settings, profiles, weights)
     ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
@@ -72,6 +74,7 @@ FAILURE_KEYS: dict[ErrorCode, str] = {
     ErrorCode.INVALID_IMAGE: "invalid_image",
     ErrorCode.TIMEOUT: "timeout",
     ErrorCode.LORA_FAILED: "lora_failed",
+    ErrorCode.PROMPT_ENHANCEMENT_FAILED: "prompt_enhancement_failed",
     ErrorCode.CANCELLED: "cancelled",
 }
 

@@ -1,10 +1,11 @@
 """One generation end to end: run every segment of a ``Job`` on an engine and write one MP4.
 
-``render`` is what the worker and the local command (``reelgen.local``) share: one engine call per
-segment (a multi-shot job has one per shot, each with its own derived seed), in order, each given
-what its continuity conditions need of the shots before it (``reelgen.continuity.Carry``), clips
-streamed into the MP4 as they are made, progress reported over the whole job, and the file moved
-into place only when complete.
+``enhance`` first has the engine's prompt enhancer rewrite each segment's prompt when the plan says
+so (``input.enhance_prompt``). ``render`` is what the worker and the local command
+(``reelgen.local``) share: one engine call per segment (a multi-shot job has one per shot, each with
+its own derived seed), in order, each given what its continuity conditions need of the shots before
+it (``reelgen.continuity.Carry``), clips streamed into the MP4 as they are made, progress reported
+over the whole job, and the file moved into place only when complete.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,42 @@ RANDOM_WEIGHTS_WARNING = (
     "warning: this engine has random weights ({source}): the video and its soundtrack are noise. "
     "Shapes, durations, audio and timing are real; load real weights with --weights DIR for real output."
 )
+
+
+def enhance(
+    job: Job,
+    engine: Engine,
+    on_progress: ProgressCallback | None = None,
+    *,
+    timings: list[tuple[str, float]] | None = None,
+) -> tuple[Job, tuple[str, ...]]:
+    """``job`` with every segment that plans an enhancement conditioned on the enhancer's text, and the
+    prompt each segment is now conditioned on (empty when the job plans none: ``job`` is returned as is).
+
+    The engine's ``enhance_prompt(job, segment, should_stop)`` writes the text (an engine without one
+    fails with ``PROMPT_ENHANCEMENT_FAILED``); ``on_progress(0, total)`` returning False while it runs
+    stops it (``Cancelled``), as for the denoising steps. ``timings`` receives ``prompt_enhancement``.
+    """
+    if not any(s.enhancement is not None for s in job.segments):
+        return job, ()
+    write = getattr(engine, "enhance_prompt", None)
+    if write is None:
+        raise ReelgenError(ErrorCode.PROMPT_ENHANCEMENT_FAILED, "This engine has no prompt enhancer.")
+
+    def should_stop() -> bool:
+        return on_progress is not None and on_progress(0, job.total_steps) is False
+
+    segments = []
+    for segment in job.segments:
+        if segment.enhancement is None:
+            segments.append(segment)
+            continue
+        t0 = time.perf_counter()
+        segments.append(segment.enhanced(write(job, segment, should_stop)))
+        if timings is not None:
+            timings.append(("prompt_enhancement", time.perf_counter() - t0))
+    enhanced = replace(job, segments=tuple(segments))
+    return enhanced, tuple(s.prompt for s in enhanced.segments)
 
 
 def render(

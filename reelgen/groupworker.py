@@ -14,6 +14,12 @@ Failure: a rank that dies breaks the group's next collective (a closed connectio
 outcome, so the task's lease expires and the sweeper retries it as a new attempt (the store's
 attempt counter stays the only retry budget; the task is charged once, on completion) and the
 executor restarts the group. Followers exit when the leader is gone (their control channel closes).
+
+Both executors use these pieces: the local executor's worker process (``start_followers`` spawns the
+followers, ``GroupProcesses.load_leader``) and the Ray executor's rank actors
+(``reelgen.executor.raygroup``: one actor per rank in a placement group, each calling
+``join_as_leader`` or ``follow_leader`` with the dispatcher's settings). ``group_size`` says how many
+devices one group takes.
 """
 
 from __future__ import annotations
@@ -38,6 +44,18 @@ log = logging.getLogger("reelgen.worker")
 GROUP_BROKEN_EXIT = 3
 #: how long the control channel waits for the next task (idle followers must not time out)
 CONTROL_TIMEOUT = timedelta(days=365)
+
+
+def group_size(settings: Settings) -> int:
+    """How many devices one engine takes: the world of ``settings.parallel`` (1 without it); a spec
+    this build cannot run (sequence parallelism for LTX-2) is refused here, before any process starts."""
+    if not settings.parallel:
+        return 1
+    from reelgen.engines.parallel import ParallelSpec, check_spec
+
+    spec = ParallelSpec.parse(settings.parallel)
+    check_spec(spec)
+    return spec.world
 
 
 def group_spec(settings: Settings, devices: list[str]) -> ParallelSpec:
@@ -101,16 +119,21 @@ class GroupLeader:
         except Exception as exc:  # the followers are gone already
             log.warning("could not tell the followers to stop (%s)", type(exc).__name__)
 
+    def close(self) -> None:
+        """Tell the followers to stop, then leave the group (after the worker's loop has ended)."""
+        from reelgen.engines.parallel import leave_group
 
-def _follower(index: int, devices: list[str], port: int, spec: ParallelSpec) -> None:
-    """Rank ``index + 1``: load, then generate what the leader sends until it says stop or is gone."""
-    from reelgen.config import Settings
+        self.stop_followers()
+        leave_group()
+
+
+def follow_leader(settings: Settings, rank: int, devices: list[str], port: int, spec: ParallelSpec) -> None:
+    """Rank ``rank`` (> 0): join, load, then generate what the leader sends until it says stop. Raises
+    when the leader is gone (its control channel closes) or the group broke mid-segment."""
     from reelgen.devicegroup import load_on_group
     from reelgen.engines.parallel import group_steps, init_group, leave_group
     from reelgen.profiles import get_profile
 
-    rank = index + 1
-    settings = Settings()
     group = init_group(rank, devices, spec, port)
     control = _control(group)
     profile = get_profile(settings.profile, settings.profiles_file, weights=settings.weights)
@@ -128,6 +151,26 @@ def _follower(index: int, devices: list[str], port: int, spec: ParallelSpec) -> 
     leave_group()
 
 
+def join_as_leader(settings: Settings, devices: list[str], spec: ParallelSpec, port: int) -> GroupLeader:
+    """Join the group as rank 0 and load the engine (the other ranks join at the same time)."""
+    from reelgen.devicegroup import load_on_group
+    from reelgen.engines.parallel import init_group
+    from reelgen.profiles import get_profile
+
+    group = init_group(0, devices, spec, port)
+    control = _control(group)
+    profile = get_profile(settings.profile, settings.profiles_file, weights=settings.weights)
+    engine, _ = load_on_group(profile, group, settings.load_format)
+    return GroupLeader(engine, group, control)
+
+
+def _follower(index: int, devices: list[str], port: int, spec: ParallelSpec) -> None:
+    """A spawned follower process (``start_followers``): rank ``index + 1``, settings from ``REELGEN_*``."""
+    from reelgen.config import Settings
+
+    follow_leader(Settings(), index + 1, devices, port, spec)
+
+
 @dataclass
 class GroupProcesses:
     """The followers of this leader and the leader's own place in the group."""
@@ -140,15 +183,7 @@ class GroupProcesses:
 
     def load_leader(self, settings: Settings) -> GroupLeader:
         """Join the group as rank 0 and load the engine (call after ``start_followers``)."""
-        from reelgen.devicegroup import load_on_group
-        from reelgen.engines.parallel import init_group
-        from reelgen.profiles import get_profile
-
-        group = init_group(0, self.devices, self.spec, self.port)
-        control = _control(group)
-        profile = get_profile(settings.profile, settings.profiles_file, weights=settings.weights)
-        engine, _ = load_on_group(profile, group, settings.load_format)
-        self.leader = GroupLeader(engine, group, control)
+        self.leader = join_as_leader(settings, self.devices, self.spec, self.port)
         return self.leader
 
     def follower_pids(self) -> list[int]:
@@ -159,8 +194,9 @@ class GroupProcesses:
         from reelgen.engines.parallel import leave_group
 
         if self.leader is not None:
-            self.leader.stop_followers()
-        leave_group()
+            self.leader.close()
+        else:
+            leave_group()
         if self.context is not None:
             for p in self.context.processes:
                 p.join(30)

@@ -95,6 +95,8 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
         inp["camera_control"] = camera
     elif args.camera_strength is not None:
         raise ReelgenError(ErrorCode.INVALID_INPUT, "--camera-strength needs --camera")
+    if getattr(args, "enhance_prompt", False):
+        inp["enhance_prompt"] = True
     # Kling's own fields, when given
     kling = {
         "negative_prompt": args.negative_prompt,
@@ -152,6 +154,10 @@ def run_local(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else output_path(request.input.prompt)
     devices = parse_devices(getattr(args, "devices", None))
     extra: dict[str, Any] = {}
+    if len(devices) > 1 and any(s.enhancement is not None for s in job.segments):
+        # a worker on a device group enhances on rank 0 and sends the ranks the enhanced job; this
+        # one-off command starts its ranks with the job as planned, so it does not
+        raise ReelgenError(ErrorCode.INVALID_INPUT, "--enhance-prompt runs on one device here: drop --devices")
     if len(devices) > 1:
         from reelgen.devicegroup import render_on_group
 
@@ -206,7 +212,7 @@ def _render_here(
 ) -> tuple[dict[str, Any], float, float, bool]:
     """One process, one device: load, render; (media facts, load seconds, generate seconds, random weights)."""
     from reelgen.engines import load_engine
-    from reelgen.generation import RANDOM_WEIGHTS_WARNING, render
+    from reelgen.generation import RANDOM_WEIGHTS_WARNING, enhance, render
 
     t0 = time.perf_counter()
     engine = load_engine(profile, device=device, load_format=args.load_format)
@@ -220,5 +226,7 @@ def _render_here(
         return True
 
     t0 = time.perf_counter()
+    job, enhanced = enhance(job, engine, progress)
     info = render(job, engine, out, progress)
-    return info.as_dict(), load_s, time.perf_counter() - t0, engine.random_weights
+    media = info.as_dict() | ({"enhanced_prompts": list(enhanced)} if enhanced else {})
+    return media, load_s, time.perf_counter() - t0, engine.random_weights

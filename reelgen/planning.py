@@ -17,6 +17,10 @@ Invariants:
   previous shot's last frames (a ``continue`` shot, ``reelgen.continuity``) or the last frames of
   the video being extended (the extend model, ``reelgen.extension``).
 
+* With ``enhance_prompt`` each segment carries an ``Enhancement``: the worker has the engine rewrite
+  the segment's text first (``reelgen.generation.enhance``) and the segment's ``prompt`` becomes the
+  enhanced text led by the LoRA trigger words (``Segment.enhanced``); the plan never runs a model.
+
 Why one module over 400 lines: the plan's dataclasses and ``plan``, which fills them from every
 request field, are one definition that an operator (``--plan``) and the engine read alike; what
 stands apart already lives apart (``reelgen.continuity``, ``reelgen.extension``, ``reelgen.schedules``).
@@ -26,10 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from reelgen.continuity import lead_frames, shot_conditions
+from reelgen.enhancement import SYSTEM_PROMPTS, Enhancement
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import AspectRatio, GenerateInput, Mode
 
@@ -139,13 +144,21 @@ class Segment:
     #: generated frames before the kept ones: the frames the segment continues (a ``continue`` shot's
     #: copy of the previous shot's end, or the end of the video being extended), dropped afterwards
     lead_frames: int = 0
+    #: the enhancement to run before encoding (``enhance_prompt``); None: ``prompt`` is encoded as is
+    enhancement: Enhancement | None = None
 
     @property
     def steps(self) -> int:
         return sum(s.steps for s in self.stages)
 
+    def enhanced(self, text: str) -> Segment:
+        """This segment conditioned on the enhancer's ``text`` (led by the LoRA trigger words)."""
+        if self.enhancement is None:
+            raise ValueError("the segment has no enhancement planned")
+        return replace(self, prompt=_with_triggers(text, list(self.enhancement.triggers)))
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
@@ -154,6 +167,9 @@ class Segment:
             "lead_frames": self.lead_frames,
             "stages": [s.as_dict() for s in self.stages],
         }
+        if self.enhancement is not None:
+            out["enhancement"] = self.enhancement.as_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -287,6 +303,35 @@ def request_loras(inp: GenerateInput, profile: Profile) -> tuple[tuple[str, floa
     return tuple(out)
 
 
+def request_enhancement(inp: GenerateInput, profile: Profile) -> bool:
+    """Whether the request asks for prompt enhancement; ``INVALID_INPUT`` when it does and this
+    profile has no enhancer."""
+    if not inp.enhance_prompt:
+        return False
+    if profile.prompt_enhancement is None:
+        raise _refuse("input.enhance_prompt", "this server has no prompt enhancer (its profile offers none)")
+    return True
+
+
+def _enhancement(
+    inp: GenerateInput, profile: Profile, source: str, *, first_frame: bool, triggers: list[str]
+) -> Enhancement | None:
+    """The enhancement a segment whose text is ``source`` runs (``first_frame``: the start image
+    conditions it, so the enhancer sees that image with the generation's image-to-video prompt)."""
+    if not request_enhancement(inp, profile):
+        return None
+    spec = profile.prompt_enhancement
+    assert spec is not None  # request_enhancement refused otherwise
+    return Enhancement(
+        source=source,
+        system_prompt=SYSTEM_PROMPTS[(profile.generation, first_frame)],
+        image="start" if first_frame else None,
+        max_new_tokens=spec.max_new_tokens,
+        sampling=spec.sampling,
+        triggers=tuple(triggers),
+    )
+
+
 def _with_request_loras(
     stage: tuple[tuple[str, float], ...], extra: tuple[tuple[str, float], ...]
 ) -> tuple[tuple[str, float], ...]:
@@ -364,10 +409,10 @@ def plan(
         shots = [(_shot_prompt(shared, s.prompt.strip()), s.duration) for s in inp.multi_prompt]
     else:
         shots = [(inp.prompt.strip(), inp.duration)]
-    shots = [(_with_triggers(prompt, triggers), seconds) for prompt, seconds in shots]
     segments = []
     negative = profile.negative_prompt if inp.negative_prompt is None else inp.negative_prompt
-    for i, (prompt, seconds) in enumerate(shots):
+    for i, (text, seconds) in enumerate(shots):
+        prompt = _with_triggers(text, triggers)
         if seconds < 1:
             raise ReelgenError(ErrorCode.INVALID_INPUT, f"a shot must last at least 1 s (got {seconds} s)")
         lead = lead_frames(continuity, i)
@@ -406,6 +451,7 @@ def plan(
                 stages=tuple(stages),
                 negative_prompt=negative if guided else None,
                 lead_frames=lead,
+                enhancement=_enhancement(inp, profile, text, first_frame=images >= 1 and i == 0, triggers=triggers),
             )
         )
     return Job(

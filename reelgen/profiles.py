@@ -26,6 +26,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from reelgen import enhancement
+from reelgen.enhancement import PromptEnhancement
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schedules import ltx2_sigmas
 from reelgen.schemas import CAMERA_MOVES, MAX_CREDITS, MAX_DURATION, AspectRatio, Mode
@@ -206,6 +208,8 @@ class Profile:
     #: the GPU memory a worker has for one generation (GiB); a request whose estimate exceeds it is
     #: refused at submit (``reelgen.memory``); None: no limit checked
     max_memory_gib: float | None = None
+    #: the prompt enhancer ``input.enhance_prompt`` runs (``reelgen.enhancement``); None: refused
+    prompt_enhancement: PromptEnhancement | None = None
     acceleration: Acceleration = field(default_factory=Acceleration)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -375,6 +379,7 @@ _KNOWN = {
     "max_loaded_loras",
     "camera",
     "max_memory_gib",
+    "prompt_enhancement",
     "acceleration",
     "modes",
     "rates",
@@ -420,6 +425,14 @@ def _profile(name: str, raw: dict[str, Any]) -> Profile:
             max_loaded_loras=int(raw.get("max_loaded_loras", 8)),
             camera=_camera(name, raw.get("camera", {}), loras),
             max_memory_gib=None if raw.get("max_memory_gib") is None else float(raw["max_memory_gib"]),
+            prompt_enhancement=None
+            if raw.get("prompt_enhancement") in (None, False)
+            else enhancement.parse(
+                raw["prompt_enhancement"],
+                generation=generation,
+                tiny=str(raw["weights"]) == TINY_WEIGHTS,
+                bad=lambda msg: _bad(name, msg),
+            ),
             acceleration=_acceleration(name, dict(raw.get("acceleration", {}))),
             extra={k: v for k, v in raw.items() if k not in _KNOWN},
         )

@@ -52,10 +52,12 @@ def duration_bucket(seconds: int) -> str:
 def request_class(profile: str, model: str, inp: GenerateInput) -> str:
     """The key under which run times are learned, e.g. ``ltx-2-tiny|kling-3-0-text-to-video|standard|3-5|audio``;
     a request that runs through adapters (``loras``, ``camera_control``: loaded on first use, then switched
-    per task) is learned apart, ``...|audio|adapters``."""
+    per task) is learned apart, ``...|audio|adapters``, and so is one whose prompt the enhancer rewrites
+    first, ``...|enhanced``."""
     audio = "audio" if inp.audio else "silent"
     klass = f"{profile}|{model}|{inp.mode.value}|{duration_bucket(inp.duration)}|{audio}"
-    return f"{klass}|adapters" if inp.loras or inp.camera_control else klass
+    klass = f"{klass}|adapters" if inp.loras or inp.camera_control else klass
+    return f"{klass}|enhanced" if inp.enhance_prompt else klass
 
 
 def typical_run_seconds(conn: Connection, klass: str) -> float | None:

@@ -190,6 +190,9 @@ class GenerateInput(BaseModel):
     camera_control: CameraControl | None = None
     #: extension: later shots continue the previous one's picture, or keep shot 1's subject (None = "cut")
     multi_shot_continuity: Continuity | None = None
+    #: extension: the model's own enhancer rewrites each shot's prompt before it is encoded (the
+    #: profile's ``prompt_enhancement``; priced per enhanced prompt). Absent means false.
+    enhance_prompt: StrictBool | None = None
 
     @field_validator("loras")
     @classmethod
@@ -488,6 +491,10 @@ class TaskView(_Wire):
     error: TaskError | None = None
     #: Kling's ``external_task_id``, when the task was given one
     externalTaskId: str | None = None
+    #: extension (``input.enhance_prompt``): the prompt the model was conditioned on, once completed;
+    #: a multi-shot task shows one per shot in ``enhancedMultiPrompt`` instead
+    enhancedPrompt: str | None = None
+    enhancedMultiPrompt: list[dict[str, Any]] | None = None
 
 
 class PresignView(_Wire):
@@ -549,3 +556,5 @@ class ModelView(_Wire):
     maxLoras: int = 0
     #: extension: the ``camera_control.type`` values this server runs (empty: the field is refused)
     cameraMoves: list[str] = Field(default_factory=list)
+    #: extension: credits per enhanced prompt (``input.enhance_prompt``, one per shot); None: refused
+    enhancePromptCredits: int | None = None

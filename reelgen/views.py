@@ -7,7 +7,9 @@ can never disagree.
 A task object stays under ``MAX_TASK_JSON_BYTES`` whatever was submitted: the echoed ``input``
 shows a ``data:`` URI as a short descriptor (media type, bytes, sha256 prefix) and is cut to
 ``INPUT_ECHO_BYTES`` (long strings shortened), the top-level ``prompt`` to ``PROMPT_ECHO_BYTES``
-and the error message to ``ERROR_ECHO_CHARS``. Sizes are of the JSON as the API renders it (UTF-8).
+and the error message to ``ERROR_ECHO_CHARS``; the enhanced prompts (``enhancedPrompt``, or one per
+shot in ``enhancedMultiPrompt``) take what is left, shortened only when the rest is at its largest.
+Sizes are of the JSON as the API renders it (UTF-8).
 
 Pure functions of the row (and the values the caller looked up: the result's
 URL, the queue position, the ETA); no I/O, so the store can call them inside the transaction that
@@ -60,6 +62,8 @@ PROMPT_ECHO_BYTES = 6000
 ERROR_ECHO_CHARS = 500
 #: The longest string the echo keeps whole, tried in turn until the input fits its budget.
 _ECHO_STRING_LIMITS = (2000, 300, 80, 20)
+#: room kept for the response envelope (``{"success":true,"data":...}``) around a task object
+_ENVELOPE_MARGIN = 256
 
 
 def _json_bytes(value: Any) -> int:
@@ -109,6 +113,40 @@ def _prompt_echo(prompt: str) -> str:
     return _cut(prompt, PROMPT_ECHO_BYTES // 6)  # a character takes at most 6 bytes in JSON (\u0001)
 
 
+def _fit(text: str, budget: int) -> str:
+    """``text``, cut (with its ``… (+N chars)`` mark) to the longest prefix whose JSON fits ``budget`` bytes."""
+    if _json_bytes(text) <= budget:
+        return text
+    low, high = 0, len(text)
+    while low < high:  # the longest cut that fits
+        mid = (low + high + 1) // 2
+        if _json_bytes(_cut(text, mid)) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return _cut(text, low)
+
+
+def _enhanced(row: TaskRow, view: dict[str, Any]) -> dict[str, Any]:
+    """``enhancedPrompt`` (one generation) or ``enhancedMultiPrompt`` (``[{prompt, duration}]``, one
+    per shot, as ``input.multi_prompt``), within what the task object has left of its budget."""
+    out: dict[str, Any] = {"enhancedPrompt": None, "enhancedMultiPrompt": None}
+    prompts = row.enhanced_prompts
+    if row.status != TaskStatus.COMPLETED or not prompts:
+        return out
+    # the envelope, the two keys and each shot's duration fit in the margin
+    left = MAX_TASK_JSON_BYTES - _json_bytes(view) - _ENVELOPE_MARGIN - 40 * len(prompts)
+    each = max(0, left // len(prompts))
+    shots = row.input.get("multi_prompt") if row.input.get("multi_shots") else None
+    if isinstance(shots, list) and len(shots) == len(prompts) and all(isinstance(s, dict) for s in shots):
+        out["enhancedMultiPrompt"] = [
+            {"prompt": _fit(p, each), "duration": s.get("duration")} for p, s in zip(prompts, shots, strict=True)
+        ]
+    else:
+        out["enhancedPrompt"] = _fit(prompts[0], each)
+    return out
+
+
 def iso(ts: datetime | None) -> str | None:
     """ISO 8601 UTC with a ``Z``, millisecond precision (the seed's ``createdAt`` shape)."""
     if ts is None:
@@ -149,7 +187,7 @@ def task_object(
             "format": "mp4",
             "hasAudio": bool(row.result_has_audio),
         }
-    return {
+    view = {
         "id": row.id,
         "taskId": row.id,
         "model": row.model,
@@ -169,6 +207,7 @@ def task_object(
         "error": _error(row),
         "externalTaskId": row.external_task_id,
     }
+    return view | _enhanced(row, view)
 
 
 def webhook_object(row: TaskRow) -> dict[str, Any]:

@@ -156,11 +156,19 @@ class Offer:
     loras: tuple[str, ...] = ()
     max_loras: int = 0
     camera_moves: tuple[str, ...] = ()
+    #: credits per enhanced prompt (``input.enhance_prompt``); None: this server has no enhancer
+    enhance_credits: int | None = None
 
     @classmethod
     def of(cls, profile: Profile) -> Offer:
         names = tuple(sorted(n for n, spec in profile.loras.items() if spec.requestable))
-        return cls(names, min(profile.max_request_loras, MAX_REQUEST_LORAS) if names else 0, tuple(profile.camera))
+        enhancer = profile.prompt_enhancement
+        return cls(
+            names,
+            min(profile.max_request_loras, MAX_REQUEST_LORAS) if names else 0,
+            tuple(profile.camera),
+            None if enhancer is None else enhancer.credits,
+        )
 
 
 def _input_schema(model: str, offer: Offer | None = None) -> dict[str, Any]:
@@ -264,6 +272,18 @@ def _input_schema(model: str, offer: Offer | None = None) -> dict[str, Any]:
             "a move the server has no LoRA for is 400 INVALID_INPUT. Same price."
         ),
     }
+    props["enhance_prompt"] = {
+        "type": ["boolean", "null"],
+        "default": False,
+        "description": (
+            "Extension: true has the model's own enhancer rewrite each shot's prompt before it is encoded; the "
+            "task shows the result as enhancedPrompt (enhancedMultiPrompt for shots). Priced per enhanced "
+            "prompt (GET /api/v1/models: enhancePromptCredits); a server without an enhancer refuses true "
+            "(400 INVALID_INPUT)."
+        ),
+    }
+    if offer is not None and offer.enhance_credits is None:
+        props["enhance_prompt"] = {"enum": [False, None], "description": "This server has no prompt enhancer."}
     if offer is not None:
         if offer.camera_moves:
             props["camera_control"]["properties"]["type"] = {"enum": list(offer.camera_moves)}

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from reelgen.engines.enhancer import PromptEnhancer
     from reelgen.engines.lora import Adapters
     from reelgen.planning import Job, Segment, Stage
     from reelgen.profiles import Profile
@@ -90,6 +91,18 @@ class LTX2Engine:
         self.step_cache = StepCache(components["transformer"], self.acceleration)
         #: the H.264 encoder for this engine's clips (``reelgen.generation.render`` uses it)
         self.video_encoder = pick_video_encoder(self.acceleration.video_encoder, str(self.device))
+        self.enhancer: PromptEnhancer | None = None
+        if profile is not None and profile.prompt_enhancement is not None:
+            from reelgen.engines.enhancer import PromptEnhancer
+
+            self.enhancer = PromptEnhancer(
+                profile.prompt_enhancement,
+                components,
+                device=self.device,
+                dtype=self.dtype,
+                source=source,
+                offload=offload_text_encoder,
+            )
 
     @property
     def transformer(self) -> Any:
@@ -198,6 +211,12 @@ class LTX2Engine:
         return self._pipes[kind]
 
     # -- generation -------------------------------------------------------------------------
+    def enhance_prompt(self, job: Job, segment: Segment, should_stop: Callable[[], bool] | None = None) -> str:
+        """The profile's enhancer's rewrite of ``segment``'s prompt (``reelgen.engines.enhancer``)."""
+        if self.enhancer is None:
+            raise ReelgenError(ErrorCode.PROMPT_ENHANCEMENT_FAILED, "This engine's profile has no prompt enhancer.")
+        return self.enhancer.enhance(job, segment, should_stop)
+
     def generate(self, job: Job, segment: Segment, on_step: StepCallback | None = None) -> Clip:
         """Generate ``segment`` of ``job``: its stages as planned, decoded and centre-cropped to the output."""
         import torch

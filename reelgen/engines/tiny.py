@@ -9,6 +9,9 @@ seeded so that two builds are bit-identical (tests compare outputs across builds
 The full-size architectures (``--load-format dummy``) are in ``reelgen.engines.architectures``.
 
 Output is noise.
+
+Why one module over 400 lines: every tiny component (and the tokenizer and processor the text model
+needs) is built here under one seeding discipline, so two builds stay bit-identical.
 """
 
 from __future__ import annotations
@@ -140,6 +143,46 @@ def _tiny_text_encoder(vocab_size: int, generation: str) -> Any:
         image_token_index=SPECIAL_TOKENS.index("<image_soft_token>"),
     )
     return transformers.Gemma3ForConditionalGeneration(cfg).eval()
+
+
+#: Gemma's turn format for the enhancer's chat messages: the system prompt opens the first user turn
+#: (Gemma has no system role); an image item becomes ``<start_of_image>``, which the processor expands.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\n\n' %}"
+    "{% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if m['role'] == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<start_of_image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def build_processor(text_encoder: Any) -> Any:
+    """A Gemma-3 processor for prompt enhancement with a Gemma-3 model built in code (tiny, or the
+    full-size dummy): the in-code tokenizer with Gemma's image tokens and turn format, and an image
+    processor at the vision tower's size, each image taking the model's ``mm_tokens_per_image``."""
+    transformers = lib("transformers")
+    vocab = build_tokenizer().get_vocab()
+    image_tokens = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tok = transformers.GemmaTokenizerFast(vocab=vocab, merges=[], extra_special_tokens=image_tokens)
+    tok.padding_side = "left"
+    tok.chat_template = CHAT_TEMPLATE
+    side = int(text_encoder.config.vision_config.image_size)
+    images = transformers.Gemma3ImageProcessorPil(size={"height": side, "width": side}, do_pan_and_scan=False)
+    return transformers.Gemma3Processor(
+        image_processor=images,
+        tokenizer=tok,
+        chat_template=CHAT_TEMPLATE,
+        image_seq_length=int(text_encoder.config.mm_tokens_per_image),
+    )
+
+
+def build_tiny_enhancer(seed: int = 0) -> Any:
+    """A tiny dedicated prompt enhancer (a Gemma-3-architecture causal LM standing in for LTX-2.5's
+    Gemma-4 enhancer, whose processor needs audio and video feature extractors), seeded."""
+    with _seeded(seed + 8):
+        return _tiny_text_encoder(len(build_tokenizer()) + 16, "2.0")
 
 
 def scheduler() -> Any:

@@ -220,15 +220,13 @@ def _close(stream: IO[bytes] | None) -> None:
 def worker_devices(settings: Settings) -> list[str]:
     """One entry per worker: a device, or with ``settings.parallel`` a comma list of a group's devices
     (``reelgen.groupworker``: the worker is the group's rank 0 and starts the others)."""
-    devices = settings.device_list
-    if not settings.parallel:
-        return devices
-    from reelgen.engines.parallel import ParallelSpec, check_spec
     from reelgen.errors import ErrorCode, ReelgenError
+    from reelgen.groupworker import group_size
 
-    spec = ParallelSpec.parse(settings.parallel)
-    check_spec(spec)
-    size = spec.world
+    devices = settings.device_list
+    size = group_size(settings)
+    if size == 1:
+        return devices
     if len(devices) % size:
         raise ReelgenError(
             ErrorCode.INVALID_SETTINGS,

@@ -1,4 +1,4 @@
-"""``executor = "ray"``: one long-lived engine actor per GPU across a Ray cluster.
+"""``executor = "ray"``: one long-lived engine per GPU (or per device group) across a Ray cluster.
 
 Shape (all actors live in the Ray namespace ``reelgen``):
 
@@ -7,10 +7,15 @@ Shape (all actors live in the Ray namespace ``reelgen``):
   store, complete, all fenced by the attempt number exactly as in a worker subprocess. One GPU per
   actor (``num_gpus=1``; on a cluster without GPUs, ``num_cpus=1``). They are **detached**, so
   neither an API replica's death nor the dispatcher's kills a generation in progress.
+* **device groups** (``settings.parallel``, world N): an engine is N rank actors in one STRICT_PACK
+  placement group on one node, rank 0 named ``reelgen-engine-<i>`` and running the worker; the
+  dispatcher treats the group as one engine (formed, pinged, retired and replaced whole).
+  ``reelgen.executor.raygroup`` has the details.
 * the **dispatcher** ``reelgen-dispatcher`` (detached, ``num_cpus=0``, restarted by Ray if its
-  process dies): keeps the wanted number of engine actors alive (adopting the ones that already
-  exist by name, replacing dead ones), forwards wake-ups, and runs the sweeper, which requeues
-  the task of an actor that died once its lease runs out (or fails it at ``max_attempts``).
+  process dies): keeps the wanted number of engines alive (adopting the ones that already exist
+  by name, replacing dead ones; a group whose rank died is replaced whole), forwards wake-ups, and
+  runs the sweeper, which requeues the task of an engine that died once its lease runs out (or
+  fails it at ``max_attempts``).
 * each API replica's ``RayExecutor`` only connects to the cluster, makes sure the dispatcher
   exists (``get_if_exists``: replicas starting together share one) and forwards ``notify``.
   ``stop`` disconnects and leaves the actors running for the other replicas.
@@ -30,6 +35,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.executor.raygroup import Placed, drain, place_group, retire
 
 if TYPE_CHECKING:
     from reelgen.attempt import Worker
@@ -85,18 +91,15 @@ class EngineActor:
 
     def drain(self) -> None:
         """Stop claiming; the current task finishes or is handed back within the grace period."""
-        if self.worker.drain("asked to drain by the dispatcher"):
-            threading.Thread(target=self._enforce_grace, name="grace", daemon=True).start()
-
-    def _enforce_grace(self) -> None:
-        threading.Event().wait(self.worker.settings.shutdown_grace_seconds)
-        self.worker.stop_current()  # it stops at its next step boundary and hands its task back
+        drain(self.worker)
 
 
 class Dispatcher:
-    """Keeps ``count`` engine actors alive, forwards wake-ups, and runs the sweeper."""
+    """Keeps ``count`` engines alive (one actor each, or a device group of ``size`` rank actors),
+    forwards wake-ups, and runs the sweeper."""
 
     def __init__(self, settings: Settings) -> None:
+        from reelgen.groupworker import group_size
         from reelgen.storage import pick
         from reelgen.store.db import Database
         from reelgen.sweeper import Sweeper
@@ -106,9 +109,11 @@ class Dispatcher:
         self.settings = settings
         gpus = int(self.ray.cluster_resources().get("GPU", 0))
         self.use_gpus = gpus > 0
-        self.count = settings.ray_actors or gpus or len(settings.device_list)
+        #: devices per engine: > 1 with ``settings.parallel`` (``reelgen.executor.raygroup``)
+        self.size = group_size(settings)
+        self.count = settings.ray_actors or gpus // self.size or max(1, len(settings.device_list) // self.size)
         self._lock = threading.Lock()  # engines/worker_ids: the supervisor thread vs. method calls
-        self.engines: dict[str, Any] = {}
+        self.engines: dict[str, Placed] = {}
         self.worker_ids: dict[str, str] = {}
         self.deaths = 0
         self.db = Database.from_settings(settings)
@@ -117,26 +122,36 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="reelgen-dispatcher", daemon=True)
         self._thread.start()
-        log.info("dispatcher up: %d engine actor(s) on %s", self.count, "GPUs" if self.use_gpus else "CPU slots")
+        log.info(
+            "dispatcher up: %d engine(s) of %d %s each",
+            self.count, self.size, "GPU(s)" if self.use_gpus else "CPU slot(s)",
+        )  # fmt: skip
 
     # called by API replicas
     def notify(self) -> None:
         with self._lock:
-            handles = list(self.engines.values())
+            handles = [placed.head for placed in self.engines.values()]
         for handle in handles:
             handle.wake.remote()
 
     def status(self) -> dict[str, Any]:
-        """The engine actors by name with their worker ids, and how many deaths were seen."""
+        """The ready engines by name with their worker ids, every engine's actors (and placement group),
+        and how many engine deaths were seen (a group's counts once)."""
         with self._lock:
-            return {"count": self.count, "workers": dict(self.worker_ids), "deaths": self.deaths}
+            return {
+                "count": self.count,
+                "size": self.size,
+                "workers": dict(self.worker_ids),
+                "engines": {name: placed.status() for name, placed in self.engines.items()},
+                "deaths": self.deaths,
+            }
 
     def shutdown(self) -> None:
-        """Drain and remove every engine actor (an operator's full stop; replicas never call it)."""
+        """Drain every engine (an operator's full stop; replicas never call it)."""
         self._stop.set()
         self._thread.join()
         with self._lock:
-            handles = list(self.engines.values())
+            handles = [placed.head for placed in self.engines.values()]
         for handle in handles:
             handle.drain.remote()
         self.sweeper.stop()
@@ -154,59 +169,82 @@ class Dispatcher:
     def _ensure_engines(self) -> None:
         ray = self.ray
         if not self.settings.ray_actors and self.use_gpus:
-            # one per GPU: a GPU node that joined the cluster gets its engine actors here
-            self.count = max(self.count, int(ray.cluster_resources().get("GPU", 0)))
+            # one per GPU (or group of GPUs): a GPU node that joined the cluster gets its engines here
+            self.count = max(self.count, int(ray.cluster_resources().get("GPU", 0)) // self.size)
         for i in range(self.count):
             name = engine_name(i)
             with self._lock:
                 if name in self.engines:
                     continue
-            resources: dict[str, Any] = {"num_gpus": 1} if self.use_gpus else {"num_cpus": 1}
-            device = "cuda:0" if self.use_gpus else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per actor
-            handle = (
-                ray.remote(EngineActor)
-                .options(
-                    name=name,
-                    namespace=NAMESPACE,
-                    lifetime="detached",
-                    get_if_exists=True,  # adopt the actor a previous dispatcher started
-                    max_restarts=0,
-                    max_task_retries=0,
-                    max_concurrency=4,
-                    **resources,
-                )
-                .remote(self.settings, name, device)
-            )
-            log.info("engine actor %s: started or adopted", name)
+            if self.size > 1:
+                placed = place_group(ray, self.settings, name, i, self.size, self.use_gpus)
+            else:
+                placed = Placed(name=name, actors=[self._start_actor(name)], names=[name])
+            log.info("engine %s: started or adopted", name)
             with self._lock:
-                self.engines[name] = handle
+                self.engines[name] = placed
+
+    def _start_actor(self, name: str) -> Any:
+        resources: dict[str, Any] = {"num_gpus": 1} if self.use_gpus else {"num_cpus": 1}
+        device = "cuda:0" if self.use_gpus else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per actor
+        return (
+            self.ray.remote(EngineActor)
+            .options(
+                name=name,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,  # adopt the actor a previous dispatcher started
+                max_restarts=0,
+                max_task_retries=0,
+                max_concurrency=4,
+                **resources,
+            )
+            .remote(self.settings, name, device)
+        )
 
     def _check_engines(self) -> None:
         ray = self.ray
         with self._lock:
-            pings = {handle.ping.remote(): name for name, handle in self.engines.items()}
+            pings = {
+                actor.ping.remote(): (name, rank)
+                for name, placed in self.engines.items()
+                for rank, actor in enumerate(placed.actors)
+            }
         ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=PING_TIMEOUT_SECONDS)
+        answered: dict[str, int] = {}
+        heads: dict[str, str | None] = {}
+        dead: dict[str, BaseException] = {}
         for ref in ready:
-            name = pings[ref]
+            name, rank = pings[ref]
             try:
-                worker_id = ray.get(ref)
-                with self._lock:
-                    self.worker_ids[name] = worker_id
+                answer = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
-                self._replace(name, exc)
+                dead.setdefault(name, exc)
+                continue
+            answered[name] = answered.get(name, 0) + 1
+            if rank == 0:
+                heads[name] = answer
+        for name, why in dead.items():
+            self._replace(name, why)
+        with self._lock:
+            for name, worker_id in heads.items():
+                placed = self.engines.get(name)
+                # a group is ready when rank 0's engine is loaded and every rank answers
+                if placed is not None and worker_id is not None and answered[name] == len(placed.actors):
+                    self.worker_ids[name] = worker_id
 
     def _replace(self, name: str, why: BaseException) -> None:
-        """An engine actor died (or its loop stopped): its task's lease will expire and the sweeper
-        requeue it as a new attempt; start a fresh actor under the same name."""
+        """An engine actor died (or its loop stopped), or a rank of a group did: its task's lease will
+        expire and the sweeper requeue it as a new attempt. End the engine whole (every rank, and the
+        placement group); the next pass starts a fresh one under the same name."""
         with self._lock:
             self.deaths += 1
             worker_id = self.worker_ids.pop(name, "?")
-            handle = self.engines.pop(name)
-        log.error("engine actor %s (%s) is gone (%s); starting a new one", name, worker_id, type(why).__name__)
-        try:
-            self.ray.kill(handle, no_restart=True)
-        except Exception:  # already dead
-            log.debug("engine actor %s was already dead", name)
+            placed = self.engines.pop(name, None)
+        if placed is None:
+            return
+        log.error("engine %s (%s) is gone (%s); starting a new one", name, worker_id, type(why).__name__)
+        retire(self.ray, placed)
 
 
 def ensure_dispatcher(settings: Settings) -> Any:
@@ -237,6 +275,9 @@ class RayExecutor:
         self._connected_here = False
 
     def start(self) -> None:
+        from reelgen.groupworker import group_size
+
+        group_size(self.settings)  # a device group this build cannot form stops here, not in the dispatcher
         ray = import_ray()
         if not ray.is_initialized():
             ray.init(address=self.settings.ray_address, namespace=NAMESPACE, log_to_driver=False)

@@ -38,7 +38,7 @@ MODEL_INPUTS = {
     VIDEO_EXTEND: ["task_id", "prompt", "duration", "audio"],
 }
 #: extensions both models take (listed in ``inputs`` when the profile offers them)
-LORA_INPUT, CAMERA_INPUT = "loras", "camera_control"
+LORA_INPUT, CAMERA_INPUT, ENHANCE_INPUT = "loras", "camera_control", "enhance_prompt"
 #: Kling's own optional fields, taken by both models.
 KLING_INPUTS = ["negative_prompt", "cfg_scale", "seed", "callback_url", "external_task_id"]
 #: extensions both models always take
@@ -64,7 +64,12 @@ def models(ctx: Context, type: str | None = None) -> list[dict[str, Any]]:
         for spec in p.loras.values()
         if spec.requestable
     ]
-    extensions = ([LORA_INPUT] if offered and p.max_request_loras else []) + ([CAMERA_INPUT] if p.camera else [])
+    enhancer = p.prompt_enhancement
+    extensions = (
+        ([ENHANCE_INPUT] if enhancer is not None else [])
+        + ([LORA_INPUT] if offered and p.max_request_loras else [])
+        + ([CAMERA_INPUT] if p.camera else [])
+    )
     return [
         {
             "id": model_id,
@@ -80,6 +85,7 @@ def models(ctx: Context, type: str | None = None) -> list[dict[str, Any]]:
             "loras": offered,
             "maxLoras": p.max_request_loras if offered else 0,
             "cameraMoves": list(p.camera),
+            "enhancePromptCredits": None if enhancer is None else enhancer.credits,
         }
         for model_id in MODEL_IDS
     ] + [
@@ -98,6 +104,7 @@ def models(ctx: Context, type: str | None = None) -> list[dict[str, Any]]:
             "loras": [],
             "maxLoras": 0,
             "cameraMoves": [],
+            "enhancePromptCredits": None,  # an extension's prompt is not enhanced
             "extends": {"inheritsMode": True, "maxTotalSeconds": MAX_EXTENDED_SECONDS},
         }
     ]

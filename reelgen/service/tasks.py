@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from reelgen import memory, pricing, progress, webhooks
 from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.planning import request_loras
+from reelgen.planning import request_enhancement, request_loras
 from reelgen.safehttp import FetchPolicy
 from reelgen.schemas import MAX_SEED, ExtendRequest, GenerateInput, GenerateRequest, parse_request
 from reelgen.service import extend
@@ -96,6 +96,7 @@ def _validated(ctx: Context, body: Any, account_id: str) -> _Checked:
         return _Checked(request, ext.price, callback_url, ext)
     inp = request.input
     request_loras(inp, ctx.profile)  # LoRAs and camera moves this server offers, or INVALID_INPUT
+    request_enhancement(inp, ctx.profile)  # a prompt enhancer this server has, or INVALID_INPUT
     memory.check_fits(inp, ctx.profile)  # a request that can never fit a worker's GPU: INVALID_INPUT
     return _Checked(request, pricing.credits_for(inp, ctx.profile), callback_url)
 

@@ -173,6 +173,9 @@ tasks = Table(
     Column("vstart", BigInteger, nullable=False, server_default="0"),
     # Kling's ``external_task_id``: the caller's own id of the task, unique per account (migration 0006)
     Column("external_task_id", String(128), nullable=True),
+    # ``input.enhance_prompt``: the prompts the model was conditioned on, one per segment, as a JSON
+    # list of strings; written with the result when the task completes (migration 0012)
+    Column("enhanced_prompts", Text, nullable=True),
     CheckConstraint(_in("status", TASK_STATUSES), name="status_known"),
     CheckConstraint("progress >= 0 AND progress <= 100", name="progress_range"),
     CheckConstraint("price > 0", name="price_positive"),

@@ -102,6 +102,8 @@ class TaskRow:
     request_class: str | None = None
     callback_url: str | None = None
     external_task_id: str | None = None
+    #: ``input.enhance_prompt``: the prompt each segment was conditioned on (set on completion)
+    enhanced_prompts: tuple[str, ...] | None = None
 
 
 def _row(m: RowMapping) -> TaskRow:
@@ -133,6 +135,7 @@ def _row(m: RowMapping) -> TaskRow:
         request_class=m["request_class"],
         callback_url=m["callback_url"],
         external_task_id=m["external_task_id"],
+        enhanced_prompts=None if m["enhanced_prompts"] is None else tuple(json.loads(m["enhanced_prompts"])),
     )
 
 
@@ -356,11 +359,14 @@ def complete(
     duration: float,
     has_audio: bool,
     now: datetime,
+    enhanced_prompts: tuple[str, ...] | None = None,
 ) -> bool:
-    """Attempt ``attempt`` succeeded: publish the result and capture the hold, together.
+    """Attempt ``attempt`` succeeded: publish the result (and the prompts the enhancer wrote, one
+    per segment, when the request asked for them) and capture the hold, together.
 
     False (nothing written) if that attempt no longer owns the task.
     """
+    extra = {} if enhanced_prompts is None else {"enhanced_prompts": json.dumps(list(enhanced_prompts))}
     won = _move(
         conn,
         task_id,
@@ -373,6 +379,7 @@ def complete(
         progress=100,
         completed_at=now,
         lease_expires_at=None,
+        **extra,
     )
     if won and not ledger.capture(conn, task_id, now):
         raise RuntimeError(f"task {task_id} was processing but its hold was already resolved")

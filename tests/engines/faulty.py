@@ -6,10 +6,10 @@ whose ``faults`` table says what to do:
 * ``crash_on_prompt = "<substring>"``: after the first denoising step of a segment whose prompt
   contains the substring, the process SIGKILLs itself (a poison task: the worker dies holding its claim);
 * ``slow_on_prompt = "<substring>"`` with ``step_delay`` seconds (default 5): each denoising step of
-  such a segment is followed by that pause, so a test can act while a task is reliably
-  mid-generation. The pause keeps asking the attempt's step callback whether to go on and ends as
-  soon as it says stop (a cancel, a lost claim, a drain), exactly as a long real step would end at
-  its boundary.
+  such a segment is followed by that pause (at least: it polls a fixed number of times), so a test
+  can act while a task is reliably mid-generation. The pause keeps asking the attempt's step
+  callback whether to go on and ends as soon as it says stop (a cancel, a lost claim, a drain),
+  exactly as a long real step would end at its boundary.
 
 Production code knows nothing of it: it is a custom engine like an operator's own.
 """
@@ -17,6 +17,7 @@ Production code knows nothing of it: it is a custom engine like an operator's ow
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -93,9 +94,10 @@ class FaultyEngine:
                     handler.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
             if go_on is not False and faults.slow_on_prompt and faults.slow_on_prompt in prompt:
-                deadline = time.monotonic() + faults.step_delay
-                while time.monotonic() < deadline:
-                    time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+                # a fixed number of polls, not a deadline: on a device group every poll is a collective
+                # (``group_steps``), so every rank must ask the same number of times
+                for _ in range(max(1, math.ceil(faults.step_delay / POLL_SECONDS))):
+                    time.sleep(POLL_SECONDS)
                     if on_step is not None and on_step(done, total) is False:
                         return False
             return go_on

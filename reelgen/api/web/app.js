@@ -181,6 +181,10 @@ function onModelChange() {
   const moves = model.cameraMoves || [];
   fillSelect($("camera"), ["none", ...moves], $("camera").value || "none");
   $("camera-field").hidden = moves.length === 0;
+  const enhance = model.enhancePromptCredits;
+  $("enhance-field").hidden = enhance == null;
+  if (enhance == null) $("enhance-prompt").checked = false;
+  $("enhance-price").textContent = enhance ? `(+${enhance} credits per prompt)` : "";
   const loras = (model.loras || []).map((l) => l.name);
   fillSelect($("loras"), loras, null);
   $("loras-field").hidden = loras.length === 0;
@@ -218,7 +222,10 @@ function price() {
   const rates = model.pricing[$("mode").value];
   if (!rates) return null;
   const rate = $("audio").checked ? rates.audio : rates.noAudio;
-  return { rate, duration, total: rate * duration };
+  // the enhancer writes one prompt per shot (one without shots), each at the model's enhancePromptCredits
+  const prompts = $("multi-shots").checked ? Math.max(1, state.shots.length) : 1;
+  const enhance = $("enhance-prompt").checked ? (model.enhancePromptCredits || 0) * prompts : 0;
+  return { rate, duration, enhance, total: rate * duration + enhance };
 }
 
 function updatePrice() {
@@ -233,7 +240,8 @@ function updatePrice() {
     return;
   }
   const p = price();
-  $("price").textContent = p ? `Price: ${p.total} credits (${p.rate} credits/s × ${p.duration} s)` : "Price: set a whole number of seconds";
+  const extra = p && p.enhance ? ` + ${p.enhance} for prompt enhancement` : "";
+  $("price").textContent = p ? `Price: ${p.total} credits (${p.rate} credits/s × ${p.duration} s${extra})` : "Price: set a whole number of seconds";
   updateShotSum();
 }
 
@@ -363,6 +371,7 @@ function buildRequest() {
   const chosen = [...$("loras").selectedOptions].map((o) => ({ name: o.value }));
   if (model && chosen.length > (model.maxLoras || 0)) problems.push(`Pick at most ${model.maxLoras} LoRAs.`);
   if (chosen.length) input.loras = chosen;
+  if (!$("enhance-field").hidden && $("enhance-prompt").checked) input.enhance_prompt = true;
   if ($("multi-shots").checked) {
     if (state.shots.length === 0) problems.push("Add at least one shot, or turn multi-shot off.");
     state.shots.forEach((s, i) => {
@@ -428,6 +437,7 @@ function watch(id, startedAt) {
   video.removeAttribute("src");
   $("result-link").hidden = true;
   $("result-meta").textContent = "";
+  $("result-enhanced").hidden = true;
   const tick = () => {
     $("task-elapsed").textContent = `${Math.round((Date.now() - current.startedAt) / 1000)} s elapsed`;
   };
@@ -495,6 +505,11 @@ function showTask(task) {
     if (out.hasAudio != null) parts.push(out.hasAudio ? "with audio" : "no audio");
     if (task.creditsUsed != null) parts.push(`${task.creditsUsed} credits`);
     $("result-meta").textContent = parts.join(" · ");
+    const enhanced = task.enhancedPrompt
+      ? [task.enhancedPrompt]
+      : (task.enhancedMultiPrompt || []).map((s, i) => `shot ${i + 1}: ${s.prompt}`);
+    $("result-enhanced").textContent = enhanced.length ? `Enhanced prompt: ${enhanced.join("\n")}` : "";
+    $("result-enhanced").hidden = enhanced.length === 0;
   }
 }
 
@@ -606,7 +621,7 @@ function init() {
     saveKey();
   });
   $("model").addEventListener("change", onModelChange);
-  for (const id of ["duration", "mode", "audio"]) {
+  for (const id of ["duration", "mode", "audio", "enhance-prompt"]) {
     $(id).addEventListener("input", updatePrice);
     $(id).addEventListener("change", updatePrice);
   }
