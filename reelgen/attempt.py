@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from reelgen.errors import ErrorCode, ReelgenError
+from reelgen.schemas import VIDEO_EXTEND
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -281,10 +282,14 @@ class Worker:
         from reelgen.generation import enhance
 
         task = att.task
+        enhanced: tuple[str, ...] = ()  # the prompts the enhancer wrote (an extension's is not enhanced)
         try:
-            job = self._plan(task)
-            job, enhanced = enhance(job, self.engine, on_progress=lambda d, t: self._on_step(att, d, t))
-            info = self._render(att, job)
+            if task.model == VIDEO_EXTEND:  # continue another task's video (``reelgen.extension``)
+                info = self._extend(att)
+            else:
+                job = self._plan(task)
+                job, enhanced = enhance(job, self.engine, on_progress=lambda d, t: self._on_step(att, d, t))
+                info = self._render(att, job)
         except Cancelled:
             if att.stop_reason is StopReason.SHUTDOWN:
                 self._hand_back(att)
@@ -326,18 +331,12 @@ class Worker:
 
     def _plan(self, task: TaskRow) -> Job:
         """Validate the stored input, fetch and fit its images, and plan the job."""
-        from pydantic import ValidationError
-
         from reelgen.domain import plan
         from reelgen.inputs import fit_image, load_images
         from reelgen.safehttp import FetchPolicy
-        from reelgen.schemas import GenerateInput
+        from reelgen.schemas import GenerateInput, stored_input
 
-        try:
-            inp = GenerateInput.model_validate(task.input)
-        except ValidationError as exc:
-            fields = ", ".join(".".join(str(p) for p in e["loc"]) or "input" for e in exc.errors())
-            raise ReelgenError(ErrorCode.INVALID_INPUT, f"The stored input is invalid ({fields}).") from None
+        inp = stored_input(GenerateInput, task.input)
         policy = FetchPolicy.from_settings(self.settings)
         images = load_images(inp.image_urls, policy, read_upload=self._read_upload) if inp.image_urls else []
         job = plan(inp, self.profile, seed=task.seed, start_image_size=images[0].size if images else None)
@@ -345,6 +344,19 @@ class Worker:
         if fitted:
             job = replace(job, start_image=fitted[0], end_image=fitted[1] if len(fitted) > 1 else None)
         return job
+
+    def _extend(self, att: Attempt) -> MediaInfo:
+        from reelgen.extension import extend
+
+        return extend(
+            att.task,
+            profile=self.profile,
+            engine=self.engine,
+            storage=self.storage,
+            read_task=self._db,
+            out_path=att.scratch,
+            on_progress=lambda d, t: self._on_step(att, d, t),
+        )
 
     def _read_upload(self, url: str) -> bytes:
         """The bytes of a ``reelgen-upload://`` image from storage (submit checked that the task's

@@ -1,7 +1,7 @@
 """The ``reelgen`` command.
 
 Operator verbs (serve, db, keys, credits grant/show, ledger) work on the store directly; user
-verbs (generate, tasks get/list/cancel/wait/preview, upload, credits, models) talk to a server's public
+verbs (generate, extend, tasks get/list/cancel/wait/preview, upload, credits, models) talk to a server's public
 API through the SDK, with ``--server URL --api-key KEY`` or ``REELGEN_BASE_URL`` /
 ``REELGEN_API_KEY``; ``generate --local`` runs the engine in this process. Heavy modules are
 imported inside each command, so ``reelgen --help`` stays fast and an SDK-only install
@@ -49,6 +49,7 @@ DESCRIPTION = """Self-hostable video generation (VicSee Kling 3.0 API).
 
 user verbs talk to a server: --server URL --api-key KEY, or REELGEN_BASE_URL / REELGEN_API_KEY
   generate PROMPT ...   make one video and save it (--local: in this process, no server)
+  extend ID --prompt P  continue a completed task by --duration seconds; saves the whole video
   tasks get ID          a task's status (-o FILE saves its video)
   tasks preview ID -o F its latest live preview (an animated WebP) while it runs
   credits               your balance
@@ -239,6 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
         "for --profile, without loading weights or generating",
     )
 
+    p = sub.add_parser(
+        "extend",
+        help="continue a completed task by --duration seconds (one MP4 of the whole)",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_server_args(p)
+    p.add_argument("task_id", help="the completed task to continue (an extension may be extended too)")
+    p.add_argument("--prompt", required=True, help="what happens next")
+    p.add_argument("--duration", type=int, default=5, help="seconds to add, 3-15 (default 5)")
+    p.add_argument("--audio", action=argparse.BooleanOptionalAction, default=None, help="default: as the original")
+    p.add_argument("-o", "--output", help="save the MP4 here (default: a name from the prompt)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--no-wait", action="store_true", help="print the task id and return at once")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the result (default 1800)")
+
     tasks = sub.add_parser("tasks", help="your tasks on the server").add_subparsers(dest="action", required=True)
     p = tasks.add_parser("get", help="a task's status; with -o, save its video")
     _add_server_args(p)
@@ -336,28 +353,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
             for given, url in zip(args.image, inp["image_urls"], strict=True)
         ]
     with _client(args) as client:
-        task = client.generate(body["model"], **inp)
-        if args.no_wait:
-            if args.json:
-                _emit(task.model_dump(exclude_none=True))
-            else:
-                print(task.id)
-                print(
-                    f"task {task.id} {task.status}: {task.creditsUsed} credits reserved, "
-                    f"{task.creditsRemaining} left; follow it with: reelgen tasks get {task.id}",
-                    file=sys.stderr,
-                )
-            return 0
-        started = time.monotonic()
-        try:
-            with _progress(sys.stdout.isatty() and not args.json) as on_progress:
-                # Polls at most 2 s apart (not the SDK's 10 s): someone is watching the bar.
-                done = client.wait(task, timeout=args.timeout, max_interval=2.0, on_progress=on_progress)
-        except KeyboardInterrupt:
-            print(f"\nstopped waiting; the task goes on: reelgen tasks get {task.id}", file=sys.stderr)
-            raise
-        out = client.download(done, Path(args.output) if args.output else _output_path(args.prompt))
-        balance = client.credits()
+        return _follow(args, client, client.generate(body["model"], **inp))
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _follow(args, client, client.extend(args.task_id, args.prompt, duration=args.duration, audio=args.audio))
+
+
+def _follow(args: argparse.Namespace, client: Client, task: Task) -> int:
+    """After a submit: print the id (``--no-wait``), or wait, save the MP4 and print a summary."""
+    if args.no_wait:
+        if args.json:
+            _emit(task.model_dump(exclude_none=True))
+        else:
+            print(task.id)
+            print(
+                f"task {task.id} {task.status}: {task.creditsUsed} credits reserved, "
+                f"{task.creditsRemaining} left; follow it with: reelgen tasks get {task.id}",
+                file=sys.stderr,
+            )
+        return 0
+    started = time.monotonic()
+    try:
+        with _progress(sys.stdout.isatty() and not args.json) as on_progress:
+            # Polls at most 2 s apart (not the SDK's 10 s): someone is watching the bar.
+            done = client.wait(task, timeout=args.timeout, max_interval=2.0, on_progress=on_progress)
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; the task goes on: reelgen tasks get {task.id}", file=sys.stderr)
+        raise
+    out = client.download(done, Path(args.output) if args.output else _output_path(args.prompt))
+    balance = client.credits()
     elapsed = time.monotonic() - started
     output = done.output
     summary: dict[str, Any] = {
@@ -497,6 +523,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _user_verb(args: argparse.Namespace) -> Any:
     if args.command == "generate" and not args.local:
         return cmd_generate
+    if args.command == "extend":
+        return cmd_extend
     if args.command == "credits" and args.action is None:
         return cmd_credits
     return {"tasks": cmd_tasks, "models": cmd_models, "upload": cmd_upload, "mcp": cmd_mcp}.get(args.command)

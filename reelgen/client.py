@@ -1,6 +1,7 @@
 """The Python SDK: ``Client`` and ``AsyncClient`` for the reelgen HTTP API (and VicSee's hosted Kling 3.0 API).
 
-Both talk only to the public API (``/api/v1``): ``generate`` queues a task, ``get`` reads it,
+Both talk only to the public API (``/api/v1``): ``generate`` queues a task (``extend`` continues a
+completed one), ``get`` reads it,
 ``list`` pages through the caller's tasks, ``cancel`` stops one, ``wait`` follows it until it ends
 (the server's event stream, ``/tasks/{id}/events``; polling 1 s, then x1.5 per poll, at most 10 s
 apart, where the stream is not offered or breaks), ``download`` saves its MP4, ``preview`` reads
@@ -46,7 +47,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.schemas import CreditsView, DownloadView, ModelView, PresignView, TaskView
+from reelgen.schemas import VIDEO_EXTEND, CreditsView, DownloadView, ModelView, PresignView, TaskView
 
 __all__ = ["DEFAULT_BASE_URL", "AsyncClient", "Client", "ProgressCallback", "Task", "TaskPage", "data_uri"]
 
@@ -213,6 +214,11 @@ def data_uri(path: str | os.PathLike[str]) -> str:
     """A local JPEG/PNG/WEBP file as a ``data:image/...;base64,`` URI (what ``image_urls`` takes)."""
     raw = Path(path).expanduser().read_bytes()
     return f"data:{_sniff(raw)};base64,{base64.b64encode(raw).decode()}"
+
+
+def _extend_input(task_id: str, prompt: str, duration: int, audio: bool | None) -> dict[str, Any]:
+    """The extend model's ``input`` (``audio`` left out when None: the original's)."""
+    return {"task_id": task_id, "prompt": prompt, "duration": duration, "audio": audio}
 
 
 def _generate_body(model: str, fields: Mapping[str, Any], uploaded: Mapping[int, str]) -> dict[str, Any]:
@@ -523,6 +529,12 @@ class Client(_Base):
         uploaded = {i: self.upload(path) for i, path in _local_images(input).items()}
         return Task.from_api(self._call("POST", f"{API}/generate", json=_generate_body(model, input, uploaded)))
 
+    def extend(self, task_id: str, prompt: str, *, duration: int = 5, audio: bool | None = None) -> Task:
+        """Continue the completed task ``task_id`` by ``duration`` seconds (the extend model): the
+        result is one MP4 of the whole, priced per added second at the original's mode rate.
+        ``audio`` defaults to whether the original has sound."""
+        return self.generate(VIDEO_EXTEND, **_extend_input(task_id, prompt, duration, audio))
+
     def get(self, task_id: str) -> Task:
         return Task.from_api(self._call("GET", f"{API}/tasks/{task_id}"))
 
@@ -693,6 +705,10 @@ class AsyncClient(_Base):
         uploaded = {i: await self.upload(path) for i, path in _local_images(input).items()}
         body = _generate_body(model, input, uploaded)
         return Task.from_api(await self._call("POST", f"{API}/generate", json=body))
+
+    async def extend(self, task_id: str, prompt: str, *, duration: int = 5, audio: bool | None = None) -> Task:
+        """See ``Client.extend``."""
+        return await self.generate(VIDEO_EXTEND, **_extend_input(task_id, prompt, duration, audio))
 
     async def get(self, task_id: str) -> Task:
         return Task.from_api(await self._call("GET", f"{API}/tasks/{task_id}"))

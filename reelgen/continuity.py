@@ -5,9 +5,12 @@
   condition the shot's first frames (a video condition at pixel frame 0: its first two latent frames
   are the previous frames, re-encoded, kept clean at strength 1), the shot generates that many more
   frames, and the file keeps the frames after them: the picture flows on across the join and no
-  frame is shown twice. LTX-2's soundtrack cannot be conditioned through diffusers (the condition
-  pipeline masks video tokens only), so the audio the shot made over those overlap frames crossfades
-  (equal power) with the end of the previous shot's soundtrack instead of a cut.
+  frame is shown twice. diffusers' condition pipeline masks video tokens only, and a continue shot's
+  soundtrack is not conditioned on the previous shot's (the extend model holds its first audio
+  tokens on the original's sound, ``engines/audio_condition``; continue shots do not), so the audio
+  the shot made over those overlap frames crossfades (equal power) with the end of the previous
+  shot's soundtrack instead of a cut. The extend model (``reelgen.extension``) continues a stored
+  video with this same lead: ``lead_condition``, ``Job.previous_frames``, the crossfade.
 * ``same_subject``: each later shot gets a reference of shot 1 as a guide keyframe (appended tokens
   at its first frame, the reference's ``VideoConditionByKeyframeIndex``) at ``SAME_SUBJECT_STRENGTH``:
   the reference is the start image when the request has one, else shot 1's middle frame. The
@@ -52,9 +55,19 @@ def shot_conditions(continuity: str | None, index: int, profile: Profile) -> lis
     if index == 0 or continuity in (None, "cut"):
         return []
     if continuity == "continue":
-        # video conditions are not re-compressed (diffusers applies the image CRF to single frames only)
-        return [Condition(PREVIOUS, 0, 1.0, 0, frames=CONTINUE_FRAMES)]
+        return [lead_condition(CONTINUE_FRAMES)]
     return [Condition(REFERENCE, 0, SAME_SUBJECT_STRENGTH, profile.image_crf, guide=True)]
+
+
+def lead_condition(frames: int) -> Condition:
+    """The condition of a segment that continues the ``frames`` before it (``Job.previous_frames``:
+    a ``continue`` shot's previous shot, or the video the extend model extends): at pixel frame 0,
+    kept clean at strength 1, filling the first latent frames; those frames are the segment's
+    ``lead_frames``."""
+    from reelgen.planning import Condition
+
+    # video conditions are not re-compressed (diffusers applies the image CRF to single frames only)
+    return Condition(PREVIOUS, 0, 1.0, 0, frames=frames)
 
 
 class Carry:

@@ -136,7 +136,7 @@ def render(
 
                 extra = {"previews": previews, "on_preview": shown}
             clip = engine.generate(carry.job_for(index), segment, on_step, **extra)
-            _check_clip(job, clip, segment.seconds)
+            check_clip(job, clip, segment.seconds)
             carry.keep(index, clip)
             if writer is None:
                 rate = clip.sample_rate if job.audio else None
@@ -183,7 +183,7 @@ def makes_previews(engine: Engine) -> bool:
     return "previews" in params and "on_preview" in params
 
 
-def _check_clip(job: Job, clip: Clip, seconds: int) -> None:
+def check_clip(job: Job, clip: Clip, seconds: int) -> None:
     """An engine must return exactly the frames and samples asked for; anything else is its bug."""
     want = seconds * job.fps
     shape = tuple(clip.frames.shape)

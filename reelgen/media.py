@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -78,7 +78,7 @@ def fade_edges(audio: np.ndarray, sample_rate: int, *, fade_in: bool, fade_out: 
 
 def crossfade_into(audio: np.ndarray, lead_in: np.ndarray) -> np.ndarray:
     """A copy of ``audio`` (channels, samples) whose end crossfades, with equal power (the two sounds
-    are independent generations), into ``lead_in``: the sound that runs on after ``audio``'s last
+    are separate waveforms, not one signal), into ``lead_in``: the sound that runs on after ``audio``'s last
     sample. Over the last ``min`` of both lengths, ``audio`` fades out as ``lead_in``'s tail fades in,
     so the result ends on ``lead_in``'s last sample; its length is ``audio``'s."""
     import numpy as np
@@ -105,7 +105,18 @@ def join_audio(parts: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
     return np.concatenate(faded, axis=-1)
 
 
-def _stereo(audio: np.ndarray) -> np.ndarray:
+def fit_samples(audio: np.ndarray, samples: int) -> np.ndarray:
+    """``float32`` ``audio`` ``(channels, n)`` trimmed to exactly ``samples``, or padded with silence."""
+    import numpy as np
+
+    if audio.shape[-1] >= samples:
+        return np.ascontiguousarray(audio[..., :samples], dtype=np.float32)
+    pad = np.zeros((*audio.shape[:-1], samples - audio.shape[-1]), dtype=np.float32)
+    return np.concatenate([audio.astype(np.float32), pad], axis=-1)
+
+
+def stereo(audio: np.ndarray) -> np.ndarray:
+    """``audio`` as two channels (mono doubled, extra channels dropped), clipped to [-1, 1]."""
     import numpy as np
 
     a = np.asarray(audio, dtype=np.float32)
@@ -223,11 +234,13 @@ class Mp4Writer:
         *,
         lead_in: np.ndarray | None = None,
     ) -> None:
-        """Append frames (``uint8`` ``(n, height, width, 3)``) and, with audio on, their soundtrack.
+        """Append frames (``uint8`` ``(n, height, width, 3)``, or any iterable of ``(height, width,
+        3)`` frames: a long video need not be held whole) and, with audio on, their soundtrack.
 
-        ``lead_in``: sound that runs on into ``audio`` from before it (a ``continue`` shot's sound over
-        the previous shot's last frames): the previous clip's end crossfades into it instead of the
-        short fade out and in, so the joined soundtrack flows on; every length stays as it was."""
+        ``lead_in``: sound that runs on into ``audio`` from before it (the sound a segment made over
+        its lead frames: a ``continue`` shot's over the previous shot's last frames, an extension's
+        over the original's): the previous clip's end crossfades into it instead of the short fade
+        out and in, so the joined soundtrack flows on; every length stays as it was."""
         import av
         import numpy as np
 
@@ -249,10 +262,10 @@ class Mp4Writer:
             return
         if audio is None:
             raise ReelgenError(ErrorCode.GENERATION_FAILED, "this file has an audio stream: every clip needs audio")
-        clip_audio = _stereo(audio)
+        clip_audio = stereo(audio)
         if self._pending_audio is not None and lead_in is not None and lead_in.shape[-1]:
             # A continuous joint: the previous clip's end crossfades into the sound that leads into this one.
-            self._encode_audio(crossfade_into(self._pending_audio, _stereo(lead_in)))
+            self._encode_audio(crossfade_into(self._pending_audio, stereo(lead_in)))
         elif self._pending_audio is not None:
             # A joint: the previous clip fades out, this one fades in.
             self._encode_audio(fade_edges(self._pending_audio, self.sample_rate or 1, fade_in=False, fade_out=True))
@@ -301,6 +314,46 @@ def write_mp4(
                 raise ReelgenError(ErrorCode.GENERATION_FAILED, "all clips must share fps and sample rate")
             writer.add(clip.frames, clip.audio if audio else None)
     return probe(path)
+
+
+def read_frames(path: str | os.PathLike[str], chunk: int = 24) -> Iterator[np.ndarray]:
+    """The frames of an MP4's video stream, decoded in order, ``chunk`` at a time (``uint8``
+    ``(n, height, width, 3)``): a long video is never held whole."""
+    import av
+    import numpy as np
+
+    try:
+        with av.open(str(path)) as container:
+            buf: list[np.ndarray] = []
+            for frame in container.decode(video=0):
+                buf.append(frame.to_ndarray(format="rgb24"))
+                if len(buf) == chunk:
+                    yield np.stack(buf)
+                    buf = []
+            if buf:
+                yield np.stack(buf)
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ReelgenError(ErrorCode.GENERATION_FAILED, f"cannot decode {Path(path).name}: {exc}") from None
+
+
+def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int] | None:
+    """An MP4's whole soundtrack as ``float32`` ``(channels, samples)`` and its sample rate (None
+    without an audio stream); the encoder's priming samples are dropped by the decoder."""
+    import av
+    import numpy as np
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate
+            parts = [frame.to_ndarray().astype(np.float32) for frame in container.decode(stream)]
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ReelgenError(ErrorCode.GENERATION_FAILED, f"cannot decode {Path(path).name}: {exc}") from None
+    if not parts:
+        return np.zeros((2, 0), dtype=np.float32), rate
+    return np.concatenate(parts, axis=-1), rate
 
 
 def probe(path: str | os.PathLike[str]) -> MediaInfo:

@@ -11,9 +11,11 @@ Invariants:
   rounded up to what the model accepts, stage 1 at half of it when a stage 2 follows) and the
   decoded frames are centre-cropped to the output, never resampled.
 * A segment generates ``frames = 8k+1 >= seconds*fps + max(lead_frames, 1)`` frames and keeps
-  ``seconds*fps`` of them from ``lead_frames`` on (0 unless a ``continue`` shot starts from the
-  previous shot's last frames, ``reelgen.continuity``); an end image conditions the last frame kept
-  (pixel frame ``lead_frames + seconds*fps - 1``).
+  ``seconds*fps`` of them from ``lead_frames`` on; an end image conditions the last frame kept
+  (pixel frame ``lead_frames + seconds*fps - 1``). ``lead_frames`` is 0 unless the segment continues
+  the frames before it, which condition it at pixel frame 0 (a ``previous`` condition): the
+  previous shot's last frames (a ``continue`` shot, ``reelgen.continuity``) or the last frames of
+  the video being extended (the extend model, ``reelgen.extension``).
 
 * With ``enhance_prompt`` each segment carries an ``Enhancement``: the worker has the engine rewrite
   the segment's text first (``reelgen.generation.enhance``) and the segment's ``prompt`` becomes the
@@ -21,7 +23,7 @@ Invariants:
 
 Why one module over 400 lines: the plan's dataclasses and ``plan``, which fills them from every
 request field, are one definition that an operator (``--plan``) and the engine read alike; what
-stands apart already lives apart (``reelgen.continuity``, ``reelgen.schedules``).
+stands apart already lives apart (``reelgen.continuity``, ``reelgen.extension``, ``reelgen.schedules``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.schemas import AspectRatio, GenerateInput, Mode
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from reelgen.profiles import Profile, StageSpec
@@ -68,14 +71,15 @@ def nearest_aspect(width: int, height: int) -> AspectRatio:
 
 @dataclass(frozen=True)
 class Condition:
-    """An input image pinned to a pixel frame of the generated clip (``image``: ``start`` or ``end``)."""
+    """An input pinned to a pixel frame of the generated clip (``image``: ``start``, ``end``,
+    ``reference``, or ``previous``: the frames the segment continues, ``Job.previous_frames``)."""
 
     image: str
     pixel_frame: int
     strength: float = 1.0
     #: H.264 CRF the image is re-compressed with before encoding (0: not re-compressed)
     crf: int = 33
-    #: pixel frames it holds: 1 for an image; the previous shot's last frames (``image="previous"``)
+    #: pixel frames it holds: 1 for an image; the segment's lead frames for ``image="previous"``
     frames: int = 1
     #: a guide keyframe: appended tokens that steer the frames at ``pixel_frame`` without replacing
     #: any (at pixel frame 0 too, where an image otherwise replaces the first latent frame)
@@ -137,7 +141,8 @@ class Segment:
     stages: tuple[Stage, ...] = ()
     #: used by classifier-free guidance; None when no stage is guided
     negative_prompt: str | None = None
-    #: generated frames before the kept ones (a ``continue`` shot's copy of the previous shot's end)
+    #: generated frames before the kept ones: the frames the segment continues (a ``continue`` shot's
+    #: copy of the previous shot's end, or the end of the video being extended), dropped afterwards
     lead_frames: int = 0
     #: the enhancement to run before encoding (``enhance_prompt``); None: ``prompt`` is encoded as is
     enhancement: Enhancement | None = None
@@ -187,10 +192,17 @@ class Job:
     continuity: str = "cut"
     start_image: Image.Image | None = field(default=None, compare=False)
     end_image: Image.Image | None = field(default=None, compare=False)
-    #: carried from earlier shots while the job runs (``continuity.Carry``): the previous shot's
-    #: last frames and shot 1's reference, each at the output size
+    #: the frames a ``previous`` condition continues, each at the output size: carried from earlier
+    #: shots while the job runs (``continuity.Carry``: the previous shot's last frames), or the last
+    #: frames of the video being extended (``extension.plan_extension``); and shot 1's reference
     previous_frames: tuple[Image.Image, ...] = field(default=(), compare=False)
     reference_image: Image.Image | None = field(default=None, compare=False)
+    #: the sound under ``previous_frames`` (and some context before it), ``float32`` ``(channels,
+    #: samples)`` at ``previous_audio_rate`` Hz, ending where they do: the generation's first audio
+    #: tokens are held on it (``engines/audio_condition``; the extend model sets it). None: the new
+    #: soundtrack is not conditioned on sound
+    previous_audio: np.ndarray | None = field(default=None, compare=False)
+    previous_audio_rate: int = 0
 
     @property
     def seconds(self) -> int:
@@ -201,7 +213,7 @@ class Job:
         return {"start": self.start_image, "end": self.end_image, "reference": self.reference_image}.get(which)
 
     def pictures(self, condition: Condition) -> list[Image.Image]:
-        """What ``condition`` puts in: its image, or the previous shot's last ``frames`` frames
+        """What ``condition`` puts in: its image, or the last ``frames`` of ``previous_frames``
         (empty when the job does not hold them)."""
         if condition.image == "previous":
             held = self.previous_frames

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reelgen.profiles import Profile
-from reelgen.schemas import GenerateInput
+from reelgen.schemas import GenerateInput, Mode
 
 
 def enhanced_prompts(inp: GenerateInput) -> int:
@@ -21,3 +21,8 @@ def credits_for(inp: GenerateInput, profile: Profile) -> int:
     if spec is not None:
         price += spec.credits * enhanced_prompts(inp)
     return price
+
+
+def extension_credits(mode: Mode, audio: bool, added_seconds: int, profile: Profile) -> int:
+    """Credits of an extension (the extend model): the original's mode rate x the seconds it adds."""
+    return profile.rate(mode, audio) * added_seconds

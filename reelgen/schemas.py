@@ -1,8 +1,9 @@
 """Wire models of the HTTP API, shared by the server and the SDK (pydantic only: no heavy imports).
 
-``parse_generate`` turns an untrusted ``/generate`` body into a ``GenerateRequest`` or raises a
-``ReelgenError`` with the contract's code (``MISSING_MODEL``, ``INVALID_MODEL``, ``MISSING_PROMPT``,
-``INVALID_INPUT`` with ``details``).
+``parse_request`` turns an untrusted ``/generate`` body into a ``GenerateRequest`` (``parse_generate``)
+or, for the extend model, an ``ExtendRequest`` (``parse_extend``), or raises a ``ReelgenError`` with
+the contract's code (``MISSING_MODEL``, ``INVALID_MODEL``, ``MISSING_PROMPT``, ``INVALID_INPUT`` with
+``details``).
 
 Why one module over 400 lines: every wire model (requests, their extensions, responses) lives here
 so the server, the SDK and the OpenAPI document import one definition of each; splitting it would
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from enum import StrEnum
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -34,7 +35,14 @@ from reelgen.errors import ErrorCode, ReelgenError
 
 TEXT_TO_VIDEO = "kling-3-0-text-to-video"
 IMAGE_TO_VIDEO = "kling-3-0-image-to-video"
+#: extension: continue a completed task of the same account (``ExtendInput``)
+VIDEO_EXTEND = "kling-3-0-video-extend"
 MODEL_IDS = (TEXT_TO_VIDEO, IMAGE_TO_VIDEO)
+#: every model ``/generate`` accepts: the two Kling models and the extend model
+ALL_MODEL_IDS = (*MODEL_IDS, VIDEO_EXTEND)
+#: the longest video an extension may make, original included (a chain of extends too): the worker
+#: decodes and re-encodes the whole file, and an account's chain must stay a bounded amount of work
+MAX_EXTENDED_SECONDS = 120
 MAX_PROMPT_CHARS = 2500
 MIN_DURATION, MAX_DURATION = 3, 15
 #: The most credits any amount may be: a grant, a price, a balance or an account's lifetime total.
@@ -246,18 +254,93 @@ class GenerateRequest(BaseModel):
         return self.model == IMAGE_TO_VIDEO
 
 
+class ExtendInput(BaseModel):
+    """The ``input`` of the extend model: continue the completed task ``task_id`` by ``duration``
+    seconds described by ``prompt``. ``audio`` defaults to whether the original has sound; ``mode``
+    is the original's (given, it must equal it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: StrictStr = Field(min_length=1, max_length=64)
+    prompt: Prompt
+    duration: WholeNumber = Field(default=5, ge=MIN_DURATION, le=MAX_DURATION)
+    audio: StrictBool | None = None
+    mode: Mode | None = None
+
+
+class ExtendRequest(BaseModel):
+    """A ``/generate`` body for ``VIDEO_EXTEND``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = VIDEO_EXTEND
+    input: ExtendInput
+    callback_url: str | None = None
+
+
 def _loc(err: Any) -> str:
     return ".".join(str(p) for p in err["loc"])
 
 
+StoredModel = TypeVar("StoredModel", bound=BaseModel)
+
+
+def stored_input(model: type[StoredModel], data: Any) -> StoredModel:
+    """A task's stored ``input`` read back as ``model`` (the worker's side): ``INVALID_INPUT`` naming
+    the fields when it no longer validates (a task stored by another version)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "input" for e in exc.errors())
+        raise ReelgenError(ErrorCode.INVALID_INPUT, f"The stored input is invalid ({fields}).") from None
+
+
+def _invalid(details: list[dict[str, Any]]) -> ReelgenError:
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+    return ReelgenError(ErrorCode.INVALID_INPUT, f"Invalid input: {summary}", details=details)
+
+
+def parse_extend(body: dict[str, Any]) -> ExtendRequest:
+    """Validate an untrusted ``/generate`` body naming ``VIDEO_EXTEND`` (the caller checked ``model``)."""
+    inp = body.get("input")
+    prompt = inp.get("prompt") if isinstance(inp, dict) else None
+    if not isinstance(inp, dict) or prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+        raise ReelgenError(ErrorCode.MISSING_PROMPT, "The 'input.prompt' field is required and must not be blank.")
+    details: list[dict[str, Any]] = [
+        {"field": k, "message": "unknown field"} for k in body if k not in ("model", "input", "callback_url")
+    ]
+    callback_url = body.get("callback_url")
+    if callback_url is not None and not isinstance(callback_url, str):
+        details.append({"field": "callback_url", "message": "must be a string URL"})
+    parsed: ExtendInput | None = None
+    try:
+        parsed = ExtendInput.model_validate(inp)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            details.append({"field": "input" + ("." + _loc(err) if err["loc"] else ""), "message": msg})
+    if details or parsed is None:
+        raise _invalid(details)
+    return ExtendRequest(input=parsed, callback_url=callback_url)
+
+
+def parse_request(body: Any) -> GenerateRequest | ExtendRequest:
+    """Validate an untrusted ``/generate`` body for any served model (``parse_generate`` /
+    ``parse_extend``), raising ``ReelgenError`` with the contract's codes."""
+    if isinstance(body, dict) and body.get("model") == VIDEO_EXTEND:
+        return parse_extend(body)
+    return parse_generate(body, ALL_MODEL_IDS)
+
+
 def parse_generate(body: Any, models: Collection[str] = MODEL_IDS) -> GenerateRequest:
-    """Validate an untrusted ``/generate`` body, raising ``ReelgenError`` with the contract's codes."""
+    """Validate an untrusted ``/generate`` body for the two Kling models, raising ``ReelgenError``
+    with the contract's codes (``models``: the ids an ``INVALID_MODEL`` message lists as available)."""
     if not isinstance(body, dict):
         raise ReelgenError(ErrorCode.INVALID_JSON, "The request body must be a JSON object.")
     model = body.get("model")
     if model is None or model == "":
         raise ReelgenError(ErrorCode.MISSING_MODEL, "The 'model' field is required.")
-    if not isinstance(model, str) or model not in models:
+    if not isinstance(model, str) or model not in MODEL_IDS:
         raise ReelgenError(
             ErrorCode.INVALID_MODEL, f"Unknown model {str(model)[:100]!r}. Available: {', '.join(models)}."
         )
@@ -296,8 +379,7 @@ def parse_generate(body: Any, models: Collection[str] = MODEL_IDS) -> GenerateRe
     if both and parsed is not None and parsed.callback_url != callback_url:
         details.append({"field": "input.callback_url", "message": "differs from the top-level callback_url"})
     if details or parsed is None:
-        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
-        raise ReelgenError(ErrorCode.INVALID_INPUT, f"Invalid input: {summary}", details=details)
+        raise _invalid(details)
     if model == TEXT_TO_VIDEO and parsed.aspect_ratio is None:
         parsed = parsed.model_copy(update={"aspect_ratio": AspectRatio.WIDE})
     if parsed.callback_url is not None:  # Kling's place for it; one place from here on

@@ -203,7 +203,8 @@ def test_models_without_auth(client: TestClient) -> None:
     r = client.get("/api/v1/models?type=video")
     assert r.status_code == 200
     data = r.json()["data"]
-    assert [m["id"] for m in data] == ["kling-3-0-text-to-video", "kling-3-0-image-to-video"]
+    ids = ["kling-3-0-text-to-video", "kling-3-0-image-to-video", "kling-3-0-video-extend"]
+    assert [m["id"] for m in data] == ids
     for m in data:
         assert m["type"] == "video" and m["maxDuration"] == 15
         assert m["pricing"] == {"standard": {"audio": 42, "noAudio": 28}, "professional": {"audio": 56, "noAudio": 38}}

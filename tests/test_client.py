@@ -109,7 +109,7 @@ def test_generate_wait_download_and_a_failed_task(tmp_path: Path, db: Any, monke
         monkeypatch.setenv("REELGEN_API_KEY", owner.key)
         api = Client()
         models = {m.id: m for m in api.models()}
-        assert set(models) == {TEXT_TO_VIDEO, IMAGE_TO_VIDEO}
+        assert set(models) == {TEXT_TO_VIDEO, IMAGE_TO_VIDEO, "kling-3-0-video-extend"}
         assert models[IMAGE_TO_VIDEO].pricing["standard"].noAudio == 28
 
         # image-to-video from a local file (sent as a data URI), silent; one that must fail (the
@@ -168,7 +168,7 @@ def test_error_paths(live_api: LiveServer, ctx: service.Context, connect: Callab
     ]:
         err = raises(code, lambda key=key: connect(key, base_url=url).credits())
         assert err.status == 401 and err.message
-    assert len(connect(None, base_url=url).models()) == 2  # the catalogue needs no key
+    assert len(connect(None, base_url=url).models()) == 3  # the catalogue needs no key
 
     poor = connect(broke.key, base_url=url)
     err = raises(ErrorCode.INSUFFICIENT_CREDITS, lambda: poor.generate(TEXT_TO_VIDEO, prompt="a fox", duration=3))

@@ -262,16 +262,20 @@ def api(ctx: Any) -> Iterator[Any]:
 
 def test_the_api_prices_it_as_usual_runs_it_and_captures_exactly(api: Any, ctx: Any, tiny_engine: Engine) -> None:
     from reelgen.attempt import Worker
+    from reelgen.schemas import VIDEO_EXTEND
     from reelgen.store import tasks
     from tests.factories import generate_body, make_account
 
     acc = make_account(ctx, credits=1000)
     models = api.get("/api/v1/models").json()["data"]
-    assert all("multi_shot_continuity" in m["inputs"] for m in models)
-    props = [
-        v["properties"]["input"]["properties"]
-        for v in api.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]["oneOf"]
-    ]
+    # every model with shots takes it; the extend model continues one video and has none
+    shots = [m for m in models if "multi_shots" in m["inputs"]]
+    assert len(shots) == len(models) - 1 and all("multi_shot_continuity" in m["inputs"] for m in shots)
+    assert not any("multi_shot_continuity" in m["inputs"] for m in models if m["id"] == VIDEO_EXTEND)
+    variants = api.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]["oneOf"]
+    props = [v["properties"]["input"]["properties"] for v in variants]
+    props = [p for p in props if "multi_shots" in p]
+    assert len(props) == len(variants) - 1
     assert all(p["multi_shot_continuity"]["enum"] == ["cut", "continue", "same_subject", None] for p in props)
     refused = api.post("/api/v1/generate", json=generate_body(multi_shot_continuity="continue"), headers=acc.headers)
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "INVALID_INPUT"

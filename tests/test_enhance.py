@@ -164,11 +164,14 @@ def no_enhancer_client(ctx: Any, tmp_path: Path) -> Iterator[Any]:
 def test_the_api_prices_enhancement_and_a_server_without_an_enhancer_refuses_it(
     client: Any, ctx: Any, no_enhancer_client: Any
 ) -> None:
+    from reelgen.schemas import VIDEO_EXTEND
     from tests.factories import generate_body, make_account
 
     acc = make_account(ctx, credits=1000)
     models = client.get("/api/v1/models").json()["data"]
-    assert all(m["enhancePromptCredits"] == 42 and "enhance_prompt" in m["inputs"] for m in models)
+    # the generation models; the extend model's prompt is not enhanced
+    assert all(m["enhancePromptCredits"] == 42 and "enhance_prompt" in m["inputs"] for m in models[:-1])
+    assert models[-1]["id"] == VIDEO_EXTEND and models[-1]["enhancePromptCredits"] is None
     r = client.post("/api/v1/generate", json=generate_body(duration=3, enhance_prompt=True), headers=acc.headers)
     assert r.status_code == 200, r.text
     assert r.json()["data"]["creditsUsed"] == PRICE + 42

@@ -92,7 +92,7 @@ def test_playground_generates_and_plays_a_3_second_video(
     _, expect = browser_or_skip()
     owner = make_account(ctx, credits=1000, name="browser")
     page.goto(live.url + "/")
-    expect(page.locator("#model option")).to_have_count(2)
+    expect(page.locator("#model option")).to_have_count(3)  # the two Kling models and the extend model
 
     # a wrong key: a readable one-line message from the error envelope
     page.fill("#api-key", "sk-" + "x" * 43)
@@ -149,6 +149,20 @@ def test_playground_generates_and_plays_a_3_second_video(
     expect(page.locator(f'tr[data-task-id="{task_id}"] td.status')).to_have_text("completed")
     assert page.input_value("#api-key") == owner.key
 
-    page.click(f'tr[data-task-id="{task_id}"] button')
+    page.click(f'tr[data-task-id="{task_id}"] button:not(.extend)')
     expect(page.locator("#task-status")).to_have_text("completed")
     expect(page.locator("#result-video")).to_be_visible()
+
+    # extend it from its row: the extend model with this task, 3 s more, one 6 s video
+    page.click(f'tr[data-task-id="{task_id}"] button.extend')
+    assert page.input_value("#model") == "kling-3-0-video-extend"
+    assert page.input_value("#extend-task") == task_id and page.is_hidden("#mode-field")
+    page.fill("#prompt", "the fox jumps over a log")
+    page.fill("#duration", "3")
+    assert page.text_content("#price").startswith("Price: 3 s \N{MULTIPLICATION SIGN} the original's mode rate")
+    page.click("#submit")
+    expect(page.locator("#task-id")).not_to_have_text(task_id)
+    expect(page.locator("#task-status")).to_have_text(re.compile(r"^(completed|failed)$"), timeout=180_000)
+    assert page.text_content("#task-status") == "completed", page.text_content("#task-error")
+    assert "6.0 s · with audio · 126 credits" in page.text_content("#result-meta")
+    expect(page.locator("#balance")).to_contain_text("748 credits available")

@@ -352,8 +352,9 @@ def test_models_by_type_and_the_tools(vicsee: Callable[[str, str], VicSee], live
     assert vic.call("GET", "/api/v1/models", params={"type": "image"}) == []
     assert vic.call("GET", "/api/v1/models", params={"type": "music"}) == []
     videos = vic.call("GET", "/api/v1/models", params={"type": "video"})
-    assert {m["id"] for m in videos} == {T2V, I2V}
-    assert all({"negative_prompt", "cfg_scale", "seed", "external_task_id"} <= set(m["inputs"]) for m in videos)
+    assert {m["id"] for m in videos} == {T2V, I2V, "kling-3-0-video-extend"}
+    kling = [m for m in videos if m["id"] in (T2V, I2V)]
+    assert all({"negative_prompt", "cfg_scale", "seed", "external_task_id"} <= set(m["inputs"]) for m in kling)
     with pytest.raises(VicSeeError) as bad:
         vic.call("GET", "/api/v1/models", params={"type": "speech"})
     assert bad.value.status == 400 and all(t in json.dumps(bad.value.args) for t in ("video", "image", "music"))

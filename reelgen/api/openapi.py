@@ -38,6 +38,7 @@ from reelgen.schemas import (
     IMAGE_TO_VIDEO,
     IMAGE_URL_PATTERN,
     MAX_DURATION,
+    MAX_EXTENDED_SECONDS,
     MAX_PROMPT_CHARS,
     MAX_REQUEST_LORAS,
     MAX_SEED,
@@ -46,6 +47,7 @@ from reelgen.schemas import (
     MIN_STRENGTH,
     TEXT_TO_VIDEO,
     UPLOAD_URL_PREFIX,
+    VIDEO_EXTEND,
     AspectRatio,
     Mode,
 )
@@ -69,7 +71,8 @@ _ALWAYS = (400, 413, 429, 503)
 _AUTH = (401,)
 _TASK = (404,)
 ERROR_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/api/v1/generate"): (*_ALWAYS, *_AUTH, 402, 409, 422),
+    # 404: the extend model's input.task_id names no task of the caller's
+    ("post", "/api/v1/generate"): (*_ALWAYS, *_AUTH, *_TASK, 402, 409, 422),
     ("get", "/api/v1/tasks/{task_id}"): (*_ALWAYS, *_AUTH, *_TASK),
     ("get", "/api/v1/tasks/{task_id}/download"): (*_ALWAYS, *_AUTH, *_TASK, 409, 416),
     ("get", "/api/v1/tasks/{task_id}/preview"): (*_ALWAYS, *_AUTH, *_TASK),
@@ -341,7 +344,63 @@ def generate_request_schema(offer: Offer | None = None) -> dict[str, Any]:
                 },
             }
         )
+    variants.append(_extend_request_schema())
     return {"title": "GenerateRequest", "oneOf": variants}
+
+
+def _extend_request_schema() -> dict[str, Any]:
+    """The extend model's body (``schemas.ExtendInput``; the rules on its original: ``service.extend``)."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["model", "input"],
+        "description": (
+            "Extension: continue a completed task of yours by duration seconds; the result is one MP4 of the "
+            "whole (original + extension). Priced per added second at the original's mode rate. An unknown "
+            "task_id or another account's task is 404 TASK_NOT_FOUND; a task that is not completed, whose "
+            f"result was deleted or expired, or a total over {MAX_EXTENDED_SECONDS} s is 400 INVALID_INPUT."
+        ),
+        "properties": {
+            "model": {"const": VIDEO_EXTEND},
+            "input": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["task_id", "prompt"],
+                "properties": {
+                    "task_id": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 64,
+                        "description": "The completed task to continue (an extension may be extended too).",
+                    },
+                    "prompt": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_PROMPT_CHARS,
+                        "pattern": PROMPT,
+                        "description": "What happens next: not blank, no NUL.",
+                    },
+                    "duration": {
+                        "type": "integer",
+                        "minimum": MIN_DURATION,
+                        "maximum": MAX_DURATION,
+                        "default": 5,
+                        "description": "Seconds to add.",
+                    },
+                    "audio": {
+                        "type": ["boolean", "null"],
+                        "description": "Default: whether the original has sound; false drops the sound.",
+                    },
+                    "mode": {
+                        "type": ["string", "null"],
+                        "enum": [*(m.value for m in Mode), None],
+                        "description": "The original's mode (inherited; another mode is 400 INVALID_INPUT).",
+                    },
+                },
+            },
+            "callback_url": {"type": ["string", "null"], "pattern": CALLBACK_URL},
+        },
+    }
 
 
 def _model_ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:

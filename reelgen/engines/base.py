@@ -51,8 +51,9 @@ class Clip:
     rows: dict[str, int] = field(default_factory=dict)
     #: transformer calls per stage that the step cache answered without running the blocks
     cached: dict[str, int] = field(default_factory=dict)
-    #: the soundtrack the model made over a ``continue`` shot's lead frames (the previous shot's last
-    #: frames, not kept): the file crossfades the previous shot's end into it (``Mp4Writer.add``)
+    #: the soundtrack the model made over a segment's lead frames (the frames it continues: a
+    #: ``continue`` shot's copy of the previous shot's end, or the end of the video being extended;
+    #: not kept): the file crossfades the sound before the joint into it (``Mp4Writer.add``)
     lead_audio: np.ndarray | None = None
 
 
@@ -67,8 +68,10 @@ class Engine(Protocol):
 
         ``job.start_image`` conditions the job's first segment and ``job.end_image`` its last one;
         a later shot's continuity conditions read ``job.previous_frames`` / ``job.reference_image``,
-        which ``render`` fills from the shots before it (``reelgen.continuity.Carry``), and a
-        segment's ``lead_frames`` are generated but not returned.
+        which ``render`` fills from the shots before it (``reelgen.continuity.Carry``; the extend
+        model fills ``previous_frames`` with the end of the video it continues, and
+        ``job.previous_audio`` with its sound), and a segment's ``lead_frames`` are generated but not
+        returned (their sound is, as ``Clip.lead_audio``).
         Invalid input raises ``ReelgenError`` before any work; ``on_step`` returning False raises
         ``Cancelled`` at the next step boundary. The same job and segment give the same clip.
         """

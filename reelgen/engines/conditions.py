@@ -7,7 +7,7 @@ reference (``VideoConditionByKeyframeIndex``) takes the pixel frame itself. A 5 
 frames run past it. ``PixelFrameConditionPipeline`` keeps everything diffusers does (encoding, CRF,
 token appending, masks) and only places each keyframe at its ``Condition.pixel_frame``; a condition at
 pixel frame 0 replaces the first latent frame, as in the reference (a video condition there, the
-previous shot's last frames, the first latent frames it fills), unless it is a guide keyframe.
+frames a segment continues, the first latent frames it fills), unless it is a guide keyframe.
 
 This module imports diffusers at import time: only the engine imports it, lazily.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from diffusers import LTX2ConditionPipeline
 from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
 
@@ -70,13 +71,19 @@ def pad_to(image: Image.Image, width: int, height: int) -> Image.Image:
     The model generates a little more than the output on the sides it must round up; the frames are
     centre-cropped back, so the visible part of the first frame is exactly the user's image.
     """
-    import numpy as np
     from PIL import Image as PILImage
 
     w, h = image.size
     if (w, h) == (width, height):
         return image
-    arr = np.asarray(image.convert("RGB"))
+    return PILImage.fromarray(pad_frames_to(np.asarray(image.convert("RGB"))[None], width, height)[0])
+
+
+def pad_frames_to(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``pad_to`` for ``uint8`` frames ``(n, h, w, 3)``: each reflect-padded to ``width`` x ``height``."""
+    h, w = frames.shape[1:3]
+    if (w, h) == (width, height):
+        return frames
     top, left = (height - h) // 2, (width - w) // 2
-    pad = ((top, height - h - top), (left, width - w - left), (0, 0))
-    return PILImage.fromarray(np.pad(arr, pad, mode="reflect" if max(pad[0] + pad[1]) < min(w, h) else "edge"))
+    pad = ((0, 0), (top, height - h - top), (left, width - w - left), (0, 0))
+    return np.pad(frames, pad, mode="reflect" if max(pad[1] + pad[2]) < min(w, h) else "edge")

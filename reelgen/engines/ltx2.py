@@ -256,14 +256,17 @@ class LTX2Engine:
             raise ReelgenError(ErrorCode.GENERATION_FAILED, f"out of GPU memory on {self.device}: {exc}") from None
         finally:
             hook.remove()
-        # a continue shot's lead frames are the previous shot's last ones: kept out, with their sound
+        from reelgen.media import fit_samples
+
+        # a segment's lead frames are the ones it continues (``Segment.lead_frames``): kept out, with
+        # their sound returned apart for the joint
         lead, keep = segment.lead_frames, segment.seconds * job.fps
         lead_samples = lead * self.sample_rate // job.fps
         want_samples = segment.seconds * self.sample_rate
         return Clip(
             frames=_centre_crop(frames[lead : lead + keep], job.width, job.height),
             fps=job.fps,
-            audio=_fit_samples(sound[..., lead_samples:], want_samples) if sound is not None else None,
+            audio=fit_samples(sound[..., lead_samples:], want_samples) if sound is not None else None,
             sample_rate=self.sample_rate if sound is not None else None,
             timings=timings,
             rows=progress.rows,
@@ -313,6 +316,7 @@ class LTX2Engine:
         generator = torch.Generator(device=self.device).manual_seed(segment.seed)
         video: Any = None
         audio: Any = None
+        tail = self._audio_tail(job, segment)
         for stage in segment.stages:
             self.adapters.activate(stage.loras)
             self.step_cache.begin(stage)
@@ -340,8 +344,29 @@ class LTX2Engine:
                 call |= {"latents": video, "audio_latents": audio, "noise_scale": stage.sigmas[0]}
             if stage.conditions:
                 call["conditions"] = self._conditions(job, segment, stage)
-            video, audio = self._pipeline(stage.pipeline)(**call)
+            pipe = self._pipeline(stage.pipeline)
+            if tail is not None:  # the sound under the lead frames (``audio_condition``)
+                scheduler = lib("reelgen.engines.audio_condition").tail_scheduler(pipe, tail, generator, self.device)
+                object.__setattr__(pipe, "audio_scheduler", scheduler)  # not a registered component change
+            try:
+                video, audio = pipe(**call)
+            finally:
+                if tail is not None:
+                    object.__setattr__(pipe, "audio_scheduler", None)
         return video, audio
+
+    def _audio_tail(self, job: Job, segment: Segment) -> torch.Tensor | None:
+        """The latents of the sound under the segment's lead frames (``Job.previous_audio``, set by the
+        extend model; ``audio_condition.encode_tail``), or None when there is nothing to condition the
+        sound on."""
+        if not (job.audio and segment.lead_frames and job.previous_audio is not None and job.previous_audio_rate):
+            return None
+        cond = lib("reelgen.engines.audio_condition")
+        vae = self._components["audio_vae"]
+        tokens = int(segment.lead_frames / job.fps * cond.latents_per_second(vae))
+        if tokens < 1:
+            return None
+        return cond.encode_tail(vae, job.previous_audio, job.previous_audio_rate, tokens, self.device)  # type: ignore[no-any-return]
 
     def _upsample(self, video: torch.Tensor) -> torch.Tensor:
         """Stage 1's (denormalised) video latents doubled in width and height by the latent upsampler."""
@@ -349,8 +374,8 @@ class LTX2Engine:
         return upsample(latents=video, latents_normalized=False, output_type="latent", return_dict=False)[0]  # type: ignore[no-any-return]
 
     def _conditions(self, job: Job, segment: Segment, stage: Stage) -> list[Any]:
-        """The stage's conditions: images (or the previous shot's last frames) at the generation size,
-        at their pixel frames."""
+        """The stage's conditions: images (or the frames the segment continues, ``Job.pictures``) at
+        the generation size, at their pixel frames."""
         conditions = lib("reelgen.engines.conditions")
         last = segment.stages[-1]
         out = []
@@ -422,13 +447,3 @@ def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
     from reelgen.inputs import fit_image
 
     return fit_image(image, width, height)
-
-
-def _fit_samples(audio: np.ndarray, samples: int) -> np.ndarray:
-    """Trim ``audio`` to exactly ``samples``, or pad it with silence."""
-    import numpy as np
-
-    if audio.shape[-1] >= samples:
-        return np.ascontiguousarray(audio[..., :samples], dtype=np.float32)
-    pad = np.zeros((*audio.shape[:-1], samples - audio.shape[-1]), dtype=np.float32)
-    return np.concatenate([audio.astype(np.float32), pad], axis=-1)

@@ -6,7 +6,17 @@ import hmac
 from typing import Any
 
 from reelgen.errors import ErrorCode, ReelgenError
-from reelgen.schemas import IMAGE_TO_VIDEO, MAX_DURATION, MIN_DURATION, MODEL_IDS, TEXT_TO_VIDEO, AspectRatio, Mode
+from reelgen.schemas import (
+    IMAGE_TO_VIDEO,
+    MAX_DURATION,
+    MAX_EXTENDED_SECONDS,
+    MIN_DURATION,
+    MODEL_IDS,
+    TEXT_TO_VIDEO,
+    VIDEO_EXTEND,
+    AspectRatio,
+    Mode,
+)
 from reelgen.service.context import Context
 from reelgen.storage.base import room_to_write
 
@@ -20,10 +30,12 @@ TOOLS = ("upscale-image", "upscale-video")
 MODEL_NAMES = {
     TEXT_TO_VIDEO: "Kling 3.0 Text to Video",
     IMAGE_TO_VIDEO: "Kling 3.0 Image to Video",
+    VIDEO_EXTEND: "Kling 3.0 Video Extend",
 }
 MODEL_INPUTS = {
     TEXT_TO_VIDEO: ["prompt", "duration", "mode", "audio", "aspect_ratio", "multi_shots", "multi_prompt"],
     IMAGE_TO_VIDEO: ["prompt", "image_urls", "duration", "mode", "audio", "multi_shots", "multi_prompt"],
+    VIDEO_EXTEND: ["task_id", "prompt", "duration", "audio"],
 }
 #: extensions both models take (listed in ``inputs`` when the profile offers them)
 LORA_INPUT, CAMERA_INPUT, ENHANCE_INPUT = "loras", "camera_control", "enhance_prompt"
@@ -76,6 +88,25 @@ def models(ctx: Context, type: str | None = None) -> list[dict[str, Any]]:
             "enhancePromptCredits": None if enhancer is None else enhancer.credits,
         }
         for model_id in MODEL_IDS
+    ] + [
+        {
+            "id": VIDEO_EXTEND,
+            "name": MODEL_NAMES[VIDEO_EXTEND],
+            "type": "video",
+            "inputs": MODEL_INPUTS[VIDEO_EXTEND] + ["callback_url"],
+            "aspectRatios": None,
+            "modes": [m.value for m in Mode],
+            "minDuration": max(MIN_DURATION, p.min_duration),
+            "maxDuration": min(MAX_DURATION, p.max_duration),
+            # per added second, at the original task's mode (and this request's audio)
+            "pricing": pricing_table,
+            "profile": p.name,
+            "loras": [],
+            "maxLoras": 0,
+            "cameraMoves": [],
+            "enhancePromptCredits": None,  # an extension's prompt is not enhanced
+            "extends": {"inheritsMode": True, "maxTotalSeconds": MAX_EXTENDED_SECONDS},
+        }
     ]
 
 

@@ -24,7 +24,8 @@ from reelgen.domain import TaskStatus
 from reelgen.errors import ErrorCode, ReelgenError
 from reelgen.planning import request_enhancement, request_loras
 from reelgen.safehttp import FetchPolicy
-from reelgen.schemas import MAX_SEED, GenerateInput, GenerateRequest, parse_generate
+from reelgen.schemas import MAX_SEED, ExtendRequest, GenerateInput, GenerateRequest, parse_request
+from reelgen.service import extend
 from reelgen.service.admission import limits_of
 from reelgen.service.context import Context
 from reelgen.service.links import signed_file_url
@@ -64,20 +65,45 @@ KEEPALIVE_SECONDS = 15.0
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Checked:
-    """A ``/generate`` body that passed every check that needs no database: the request, its price
-    and its callback URL in canonical form."""
+    """A ``/generate`` body that passed every check before the creating transaction: the request, its
+    price, its callback URL in canonical form, and for the extend model the checked extension."""
 
-    request: GenerateRequest
+    request: GenerateRequest | ExtendRequest
     price: int
     callback_url: str | None
+    extension: extend.Extension | None = None
+
+    @property
+    def generation(self) -> GenerateInput:
+        """The input as a generation (an extension's equivalent one): run-time class, memory."""
+        if self.extension is not None:
+            return self.extension.equivalent
+        assert isinstance(self.request, GenerateRequest)
+        return self.request.input
 
 
-def _validated(ctx: Context, body: Any) -> _Checked:
-    """The checks ``submit`` and ``estimate`` share before the database: the contract's parse, the
-    profile's durations, the price and the callback URL (the upload check runs in their queries)."""
-    request = parse_generate(body)
+def _validated(ctx: Context, body: Any, account_id: str) -> _Checked:
+    """The checks ``submit`` and ``estimate`` share before the creating transaction: the contract's
+    parse, the profile's durations, the price, the callback URL and, for the extend model, its
+    original (``service.extend``; the upload check runs in their queries)."""
+    request = parse_request(body)
+    _check_duration(ctx, request.input.duration)
+    callback_url = None
+    if request.callback_url is not None:
+        callback_url = webhooks.validate_callback_url(request.callback_url, FetchPolicy.from_settings(ctx.settings))
+    if isinstance(request, ExtendRequest):
+        ext = extend.resolve(ctx, account_id, request)
+        return _Checked(request, ext.price, callback_url, ext)
     inp = request.input
-    if not ctx.profile.min_duration <= inp.duration <= ctx.profile.max_duration:
+    request_loras(inp, ctx.profile)  # LoRAs and camera moves this server offers, or INVALID_INPUT
+    request_enhancement(inp, ctx.profile)  # a prompt enhancer this server has, or INVALID_INPUT
+    memory.check_fits(inp, ctx.profile)  # a request that can never fit a worker's GPU: INVALID_INPUT
+    return _Checked(request, pricing.credits_for(inp, ctx.profile), callback_url)
+
+
+def _check_duration(ctx: Context, duration: int) -> None:
+    """``duration`` within what this server's profile serves, else ``INVALID_INPUT``."""
+    if not ctx.profile.min_duration <= duration <= ctx.profile.max_duration:
         raise ReelgenError(
             ErrorCode.INVALID_INPUT,
             f"Invalid input: input.duration: this server serves {ctx.profile.min_duration}-"
@@ -89,13 +115,6 @@ def _validated(ctx: Context, body: Any) -> _Checked:
                 }
             ],
         )
-    request_loras(inp, ctx.profile)  # LoRAs and camera moves this server offers, or INVALID_INPUT
-    request_enhancement(inp, ctx.profile)  # a prompt enhancer this server has, or INVALID_INPUT
-    memory.check_fits(inp, ctx.profile)  # a request that can never fit a worker's GPU: INVALID_INPUT
-    callback_url = None
-    if request.callback_url is not None:
-        callback_url = webhooks.validate_callback_url(request.callback_url, FetchPolicy.from_settings(ctx.settings))
-    return _Checked(request, pricing.credits_for(inp, ctx.profile), callback_url)
 
 
 def submit(
@@ -123,17 +142,23 @@ def submit(
     needs beside the task).
     """
     key = idempotency.validate_key(idempotency_key) if idempotency_key is not None else None
-    checked = _validated(ctx, body)
-    request, price, callback_url = checked.request, checked.price, checked.callback_url
-    inp = _local_uploads(ctx, request.input, base_url)
+    checked = _validated(ctx, body, account_id)
+    request, price, callback_url, ext = checked.request, checked.price, checked.callback_url, checked.extension
     digest = idempotency.request_hash(body) if key is not None else ""
-    stored_input = inp.model_dump(mode="json", exclude_none=True)
-    klass = progress.request_class(ctx.profile.name, request.model, inp)
-    if inp.seed is not None:
-        seed = inp.seed
-    elif seed is None:
+    klass = progress.request_class(ctx.profile.name, request.model, checked.generation)
+    image_urls: tuple[str, ...] | None = None
+    external_id: str | None = None
+    if isinstance(request, GenerateRequest):
+        inp = _local_uploads(ctx, request.input, base_url)
+        stored_input = inp.model_dump(mode="json", exclude_none=True)
+        image_urls, external_id = inp.image_urls, inp.external_task_id
+        if inp.seed is not None:
+            seed = inp.seed
+    else:
+        assert ext is not None  # an ExtendRequest is always resolved
+        stored_input = ext.input
+    if seed is None:
         seed = secrets.randbelow(MAX_SEED + 1)
-    external_id = inp.external_task_id
 
     def create(conn: Connection) -> tuple[dict[str, Any], bool]:
         now = ctx.clock()
@@ -141,7 +166,9 @@ def submit(
             replay = idempotency.begin(conn, account_id, key, digest, now)
             if replay is not None:
                 return replay.data, False
-        _check_uploads(conn, account_id, inp.image_urls, now)
+        _check_uploads(conn, account_id, image_urls, now)
+        if ext is not None:  # the original may have lost its result since it was checked
+            extend.recheck(conn, account_id, ext)
         # the cap is checked under the account lock, before the hold: a refused submit holds nothing
         limits.check_active(conn, account_id, limits_of(ctx, conn, account_id).max_active_tasks)
         if external_id is not None and tasks.find_external(conn, account_id, external_id) is not None:
@@ -152,7 +179,7 @@ def submit(
             model=request.model,
             profile=ctx.profile.name,
             input=stored_input,
-            prompt=inp.prompt,
+            prompt=request.input.prompt,
             price=price,
             seed=seed,
             max_attempts=ctx.settings.max_attempts,
@@ -235,13 +262,14 @@ def estimate(ctx: Context, account_id: str, body: Any, base_url: str | None = No
     """What ``submit`` would charge for ``body`` and how long it would likely take (the caller's
     place in the fair queue included); writes nothing (``base_url``: as for ``submit``, so a
     ``publicUrl`` of this server is checked like ``submit`` does)."""
-    checked = _validated(ctx, body)  # every check of ``submit`` (prices are the same for every account)
+    checked = _validated(ctx, body, account_id)  # every check of ``submit`` (the same prices for every account)
     request = checked.request
-    klass = progress.request_class(ctx.profile.name, request.model, request.input)
+    klass = progress.request_class(ctx.profile.name, request.model, checked.generation)
     workers = len(ctx.settings.device_list)
 
     def read(conn: Connection) -> int | None:
-        _check_uploads(conn, account_id, _local_uploads(ctx, request.input, base_url).image_urls, None)
+        if isinstance(request, GenerateRequest):
+            _check_uploads(conn, account_id, _local_uploads(ctx, request.input, base_url).image_urls, None)
         return progress.eta_for_new(conn, klass, ctx.profile.name, workers, account_id)
 
     eta = ctx.db.run(read)

@@ -134,6 +134,11 @@ function isImageModel(model) {
   return !!model && model.inputs.includes("image_urls");
 }
 
+// the extend model continues a completed task: it takes task_id, prompt, duration and audio only
+function isExtendModel(model) {
+  return !!model && model.inputs.includes("task_id");
+}
+
 function fillSelect(select, values, chosen) {
   select.replaceChildren(
     ...values.map((v) => {
@@ -185,7 +190,24 @@ function onModelChange() {
   $("loras-field").hidden = loras.length === 0;
   $("duration").min = model.minDuration;
   $("duration").max = model.maxDuration;
+  const extending = isExtendModel(model);
+  $("extend-field").hidden = !extending;
+  $("mode-field").hidden = extending;
+  $("multi-field").hidden = extending;
+  if (extending) {
+    $("multi-shots").checked = false;
+    $("shots").hidden = true;
+  }
   updatePrice();
+}
+
+function startExtend(taskId) {
+  const model = state.models.find(isExtendModel);
+  if (!model) return;
+  $("model").value = model.id;
+  onModelChange();
+  $("extend-task").value = taskId;
+  $("prompt").focus();
 }
 
 function durationValue() {
@@ -207,6 +229,16 @@ function price() {
 }
 
 function updatePrice() {
+  const model = currentModel();
+  if (isExtendModel(model)) {
+    const duration = durationValue();
+    const kind = $("audio").checked ? "audio" : "noAudio";
+    const rates = Object.entries(model.pricing).map(([mode, r]) => `${mode} ${r[kind]}`).join(", ");
+    $("price").textContent = Number.isInteger(duration)
+      ? `Price: ${duration} s × the original's mode rate (${rates} credits/s)`
+      : "Price: set a whole number of seconds";
+    return;
+  }
   const p = price();
   const extra = p && p.enhance ? ` + ${p.enhance} for prompt enhancement` : "";
   $("price").textContent = p ? `Price: ${p.total} credits (${p.rate} credits/s × ${p.duration} s${extra})` : "Price: set a whole number of seconds";
@@ -322,6 +354,11 @@ function buildRequest() {
   const duration = durationValue();
   if (model && (!Number.isInteger(duration) || duration < model.minDuration || duration > model.maxDuration)) {
     problems.push(`Duration must be a whole number of seconds from ${model.minDuration} to ${model.maxDuration}.`);
+  }
+  if (model && isExtendModel(model)) {
+    const taskId = $("extend-task").value.trim();
+    if (!taskId) problems.push("Give the id of the task to extend.");
+    return { problems, body: { model: model.id, input: { task_id: taskId, prompt, duration, audio: $("audio").checked } } };
   }
   const input = { prompt, duration, mode: $("mode").value, audio: $("audio").checked };
   if (model && isImageModel(model)) {
@@ -550,10 +587,22 @@ function renderRecent() {
       button.textContent = "Show";
       button.addEventListener("click", () => watch(t.id, Date.parse(t.createdAt) || Date.now()));
       open.append(button);
+      if (t.status === "completed") addExtendButton(open, t.id);
       row.append(id, prompt, status, created, open);
       return row;
     }),
   );
+}
+
+// a completed task can be continued: the button selects the extend model with this task
+function addExtendButton(cell, taskId) {
+  if (cell.querySelector("button.extend")) return;
+  const extend = document.createElement("button");
+  extend.type = "button";
+  extend.className = "secondary extend";
+  extend.textContent = "Extend";
+  extend.addEventListener("click", () => startExtend(taskId));
+  cell.append(" ", extend);
 }
 
 function updateRecentRow(task) {
@@ -567,6 +616,7 @@ function updateRecentRow(task) {
   if (cell) {
     cell.textContent = entry ? entry.status : task.status;
     cell.className = `status status-${cell.textContent}`;
+    if (cell.textContent === "completed") addExtendButton(cell.parentElement.lastElementChild, task.id);
   }
 }
 
