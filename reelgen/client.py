@@ -289,7 +289,7 @@ def _is_stream(response: httpx.Response) -> bool:
     return response.is_success and media == "text/event-stream"
 
 
-def _event_task(event: str, data: str) -> Task | None:
+def event_task(event: str, data: str) -> Task | None:
     """The task an SSE ``status``/``progress`` event carries (None for other events)."""
     if event not in ("status", "progress"):
         return None
@@ -576,7 +576,7 @@ class Client(_Base):
                 if not _is_stream(source.response):
                     return None
                 for event in source.iter_sse():
-                    current = _event_task(event.event, event.data)
+                    current = event_task(event.event, event.data)
                     if current is not None and poll.after(current, on_progress) is None:
                         return current
         except (httpx.TransportError, SSEError):
@@ -747,7 +747,7 @@ class AsyncClient(_Base):
                 if not _is_stream(source.response):
                     return None
                 async for event in source.aiter_sse():
-                    current = _event_task(event.event, event.data)
+                    current = event_task(event.event, event.data)
                     if current is not None and poll.after(current, on_progress) is None:
                         return current
         except (httpx.TransportError, SSEError):

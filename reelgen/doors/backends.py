@@ -5,15 +5,15 @@ back the ``/api/v1`` shapes (``client.Task`` for a task), so the tools render on
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import anyio.to_thread
 import httpx
+from httpx_sse import aconnect_sse
 
-from reelgen.client import AsyncClient, Task
+from reelgen.client import AsyncClient, Task, event_task  # event_task: status/progress events only
 
 __all__ = ["Backend", "ClientBackend", "ServiceBackend"]
 
@@ -110,7 +110,7 @@ class ServiceBackend:
 
         events = await service.task_events(self.ctx, self.account, task_id, self.base_url)
         async for event in events:
-            if event.task is not None:
+            if event.kind in ("status", "progress") and event.task is not None:  # not previews, keep-alives
                 yield Task.from_api(event.task)
 
 
@@ -177,15 +177,11 @@ class ClientBackend:
         yield first
         if first.is_terminal:
             return
-        http = self.client._http
-        async with http.stream("GET", f"{API}/tasks/{task_id}/events", timeout=None) as response:
-            data: list[str] = []
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif not line and data:
-                    yield Task.from_api(json.loads("\n".join(data)))
-                    data = []
+        async with aconnect_sse(self.client._http, "GET", f"{API}/tasks/{task_id}/events", timeout=None) as source:
+            async for event in source.aiter_sse():
+                task = event_task(event.event, event.data)
+                if task is not None:
+                    yield task
 
 
 def read_image(path: str) -> bytes:
