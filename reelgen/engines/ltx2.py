@@ -21,6 +21,10 @@ pipelines return latents; decoding is done here so the audio decoder runs only w
 stage can be timed. Progress is reported after every denoising step; ``on_step`` returning False
 raises ``Cancelled`` from inside the step callback, which stops the run at that step boundary. Live
 previews ride on the same callback (``reelgen.engines.preview``) and never change the output.
+
+One module over 400 lines on purpose: loading, acceleration and every stage's pipeline call share the one
+set of components and the plan's reading; the parts that stand alone live beside it (conditions, lora,
+acceleration, preview, enhancer, sequence).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ and follow (the events behind ``/tasks/{id}/events``).
 Money moves only in ``store.ledger`` / ``store.tasks``: the hold is reserved here, in the
 transaction that creates the task; the worker's finish captures or releases it in the transaction
 that ends the task. Another account's task answers exactly like an unknown id (no existence oracle).
+
+One module over 400 lines on purpose: submit, read, list, cancel, estimate and follow are one use case's
+verbs over the same validation, pricing and view helpers; extend and previews have their own modules.
 """
 
 from __future__ import annotations
