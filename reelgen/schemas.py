@@ -300,8 +300,10 @@ def _invalid(details: list[dict[str, Any]]) -> ReelgenError:
     return ReelgenError(ErrorCode.INVALID_INPUT, f"Invalid input: {summary}", details=details)
 
 
-def parse_extend(body: dict[str, Any]) -> ExtendRequest:
-    """Validate an untrusted ``/generate`` body naming ``VIDEO_EXTEND`` (the caller checked ``model``)."""
+def _envelope(body: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+    """What every ``/generate`` body shares, read alike for every model: its ``input`` (with a prompt,
+    else ``MISSING_PROMPT``), the problems found so far (unknown top-level fields, a callback URL that
+    is not a string) and its ``callback_url``."""
     inp = body.get("input")
     prompt = inp.get("prompt") if isinstance(inp, dict) else None
     if not isinstance(inp, dict) or prompt is None or (isinstance(prompt, str) and not prompt.strip()):
@@ -312,6 +314,12 @@ def parse_extend(body: dict[str, Any]) -> ExtendRequest:
     callback_url = body.get("callback_url")
     if callback_url is not None and not isinstance(callback_url, str):
         details.append({"field": "callback_url", "message": "must be a string URL"})
+    return inp, details, callback_url
+
+
+def parse_extend(body: dict[str, Any]) -> ExtendRequest:
+    """Validate an untrusted ``/generate`` body naming ``VIDEO_EXTEND`` (the caller checked ``model``)."""
+    inp, details, callback_url = _envelope(body)
     parsed: ExtendInput | None = None
     try:
         parsed = ExtendInput.model_validate(inp)
@@ -344,16 +352,7 @@ def parse_generate(body: Any, models: Collection[str] = MODEL_IDS) -> GenerateRe
         raise ReelgenError(
             ErrorCode.INVALID_MODEL, f"Unknown model {str(model)[:100]!r}. Available: {', '.join(models)}."
         )
-    inp = body.get("input")
-    prompt = inp.get("prompt") if isinstance(inp, dict) else None
-    if not isinstance(inp, dict) or prompt is None or (isinstance(prompt, str) and not prompt.strip()):
-        raise ReelgenError(ErrorCode.MISSING_PROMPT, "The 'input.prompt' field is required and must not be blank.")
-    details: list[dict[str, Any]] = [
-        {"field": k, "message": "unknown field"} for k in body if k not in ("model", "input", "callback_url")
-    ]
-    callback_url = body.get("callback_url")
-    if callback_url is not None and not isinstance(callback_url, str):
-        details.append({"field": "callback_url", "message": "must be a string URL"})
+    inp, details, callback_url = _envelope(body)
     if model == TEXT_TO_VIDEO and "image_urls" in inp:
         details.append(
             {"field": "input.image_urls", "message": f"not accepted by {TEXT_TO_VIDEO}; use {IMAGE_TO_VIDEO}"}
