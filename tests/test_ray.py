@@ -74,6 +74,17 @@ class RayRig:
         stmt = sa.select(movements.c.kind).where(movements.c.task_id == task_id)
         return Counter(self.db.run(lambda conn: conn.execute(stmt).scalars().all()))
 
+    def wait_retried_once(self, task_id: str, first: tasks.TaskRow) -> None:
+        """The task, whose ``first`` attempt lost its engine, ends completed by exactly one retry on
+        another engine, charged once, its output the second attempt's."""
+        self.wait("the task to end", lambda: self.task(task_id).status.is_terminal)
+        done = self.task(task_id)
+        assert done.status is TaskStatus.COMPLETED, done.error_message
+        assert (done.attempt, done.failures) == (2, 1), "exactly one failed attempt, then one retry"
+        assert done.worker_id != first.worker_id
+        assert self.movement_kinds(task_id) == Counter({"reserve": 1, "capture": 1}), "charged once"
+        assert done.result_key == f"{task_id}/2.mp4" and self.ctx.storage.exists(done.result_key)
+
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayRig]:
@@ -153,13 +164,7 @@ def test_killing_an_engine_actor_fails_one_attempt_and_the_retry_completes(rig: 
     actor_name = first.worker_id.split(":")[1]
     rig.ray.kill(rig.ray.get_actor(actor_name, namespace=NAMESPACE), no_restart=True)
 
-    rig.wait("the task to end", lambda: rig.task(task_id).status.is_terminal)
-    done = rig.task(task_id)
-    assert done.status is TaskStatus.COMPLETED, done.error_message
-    assert (done.attempt, done.failures) == (2, 1), "exactly one failed attempt, then one retry"
-    assert done.worker_id != first.worker_id
-    assert rig.movement_kinds(task_id) == Counter({"reserve": 1, "capture": 1}), "charged once"
-    assert done.result_key == f"{task_id}/2.mp4" and rig.ctx.storage.exists(done.result_key)
+    rig.wait_retried_once(task_id, first)
     # the dispatcher noticed the death and brought the pool back to full strength
     rig.wait("a replacement engine actor", lambda: len(rig.dispatcher_status()["workers"]) == ACTORS)
     assert rig.dispatcher_status()["deaths"] == deaths_before + 1

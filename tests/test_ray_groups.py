@@ -160,13 +160,7 @@ def test_killing_a_rank_ends_the_group_attempt_and_the_retry_completes_on_a_new_
     assert first.attempt == 1 and first.worker_id is not None and first.worker_id.startswith("ray:reelgen-engine-0:")
     rig.ray.kill(rig.ray.get_actor(RANKS[1], namespace=NAMESPACE), no_restart=True)
 
-    rig.wait("the task to end", lambda: rig.task(task_id).status.is_terminal)
-    done = rig.task(task_id)
-    assert done.status is TaskStatus.COMPLETED, done.error_message
-    assert (done.attempt, done.failures) == (2, 1), "exactly one failed attempt, then one retry"
-    assert done.worker_id != first.worker_id
-    assert rig.movement_kinds(task_id) == Counter({"reserve": 1, "capture": 1}), "charged once"
-    assert done.result_key == f"{task_id}/2.mp4" and rig.ctx.storage.exists(done.result_key)
+    rig.wait_retried_once(task_id, first)
     # the whole group was retired (its placement group removed) and a new one placed
     after = rig.dispatcher_status()
     assert after["deaths"] == before["deaths"] + 1
