@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-gpu demo bench fuzz all clean
+.PHONY: install lint test test-quick test-gpu demo bench fuzz all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,18 @@ lint: install
 	$(BIN)/ruff format --check reelgen tests bench scripts
 	$(BIN)/mypy
 
+# The whole suite, what CI runs (docs/testing.md): in parallel processes (pytest-xdist; the Ray modules
+# and modules with a costly shared fixture keep to one process each, tests/conftest.py), in a random
+# order (pytest-randomly prints its seed; rerun an order with -p randomly -p "randomly_seed=N").
+# Three processes on two cores: a test often waits on a worker, a server or PostgreSQL.
+TEST_PROCS ?= 3
 test: install
 	$(BIN)/ruff check reelgen tests bench scripts
-	$(BIN)/pytest --durations=20
+	$(BIN)/pytest -n $(TEST_PROCS) --dist loadgroup --durations=30
+
+# The inner loop: every module at the unit level, no subprocess servers or workers, no Ray, no browser
+test-quick: install
+	$(BIN)/pytest -n 2 --dist loadgroup -m "not (process or ray or browser or slow)"
 
 test-gpu: install
 	$(BIN)/pytest -m gpu tests/gpu
