@@ -65,6 +65,7 @@ PROCESS_TESTS: dict[str, set[str]] = {
     "tests.test_continuity": {"test_a_device_group_carries_the_frames_on_every_rank"},
     "tests.test_contract": {"test_schemathesis_finds_no_failure"},
     "tests.test_demo": {"*"},
+    "tests.test_e2e": {"*"},
     "tests.test_engine_fidelity": {"test_regional_compile_agrees_with_eager"},
     "tests.test_extend": {"test_extend_reads_the_original_from_an_s3_bucket"},
     "tests.test_fair_e2e": {"*"},
@@ -121,6 +122,30 @@ PROCESS_TESTS: dict[str, set[str]] = {
         "test_worker_completes_tasks_and_fails_bad_input_cleanly",
     },
 }
+#: Tests left out of the inner loop for their cost alone (3 CPU seconds or more each on this machine,
+#: measured under ``make test``): stateful and property runs over real databases, professional-mode
+#: and multi-image renders. Their modules keep quicker tests in ``make test-quick``.
+SLOW_TESTS: dict[str, set[str]] = {
+    "tests.test_service_ledger": {"*"},
+    "tests.test_http_surface": {"test_no_request_gets_a_5xx"},
+    "tests.test_store_ledger": {"test_lifecycle_state_machine_keeps_the_invariants"},
+    "tests.test_fuzz_parsers": {"test_generate_parser_on_shaped_bodies", "test_generate_parser_on_any_json_value"},
+    "tests.test_engine_fidelity": {
+        "test_a_lora_changes_the_output_and_switching_it_off_restores_it_bit_for_bit",
+        "test_every_aspect_ratio_of_both_modes_and_both_models_has_the_asked_shape",
+        "test_the_distilled_lora_is_what_stage2_runs",
+        "test_every_generation_runs_tiny",
+    },
+    "tests.test_ltx2": {"test_start_and_end_images_both_condition", "test_upsampler_in_its_own_pipeline_directory"},
+    "tests.test_acceleration": {"test_the_step_cache_skips_what_its_schedule_says_and_stays_close"},
+    "tests.test_generation": {
+        "test_professional_two_stage",
+        "test_cli_start_and_end_frames_png_and_jpeg",
+        "test_durations",
+    },
+    "tests.test_api_extensions": {"test_fifty_racing_duplicates_make_one_task_and_one_hold"},
+    "tests.test_api": {"test_concurrent_submits_never_overdraw"},
+}
 #: Tests that drive a real browser (Debian's Chromium through Playwright)
 BROWSER_TESTS = {"tests.test_playground": {"test_playground_generates_and_plays_a_3_second_video"}}
 
@@ -136,7 +161,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = XDIST_GROUPS.get(item.module.__name__ if item.module else "")
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
-        if _listed(PROCESS_TESTS, item):
+        # ``live``: the app with its local executor, whose worker is a subprocess (tests/api_fixtures.py)
+        if _listed(PROCESS_TESTS, item) or "live" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.process)
+        if _listed(SLOW_TESTS, item):
+            item.add_marker(pytest.mark.slow)
         if _listed(BROWSER_TESTS, item):
             item.add_marker(pytest.mark.browser)
