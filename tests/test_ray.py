@@ -86,20 +86,6 @@ class RayRig:
         assert done.result_key == f"{task_id}/2.mp4" and self.ctx.storage.exists(done.result_key)
 
 
-def shutdown_ray(ray: Any) -> None:
-    """``ray.shutdown()``, then the file objects of the processes Ray started collected here: Ray
-    leaves some unclosed, and their ``ResourceWarning`` would otherwise surface in whichever later
-    test the garbage collector happens to run in (seen under random order as an error in an
-    unrelated test's setup)."""
-    import gc
-    import warnings
-
-    ray.shutdown()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-
-
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayRig]:
     import ray
@@ -143,7 +129,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayRig]:
                 ray.get(dispatcher.shutdown.remote(), timeout=30)
         finally:
             executor.stop()
-            shutdown_ray(ray)
+            ray.shutdown()
             db.dispose()
 
 

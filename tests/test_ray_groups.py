@@ -27,7 +27,7 @@ from reelgen.store import ledger
 from tests.engines import importable_env
 from tests.factories import generate_body, make_account
 from tests.test_parallel import MP4_MIN_PSNR_DB, _video
-from tests.test_ray import DEADLINE, SLOW, RayRig, _running, shutdown_ray
+from tests.test_ray import DEADLINE, SLOW, RayRig, _running
 
 PROFILE = "tiny-guided-faults"
 PROFILES = f"""
@@ -82,7 +82,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayRig]:
             ray.get(ray.get_actor(DISPATCHER_NAME, namespace=NAMESPACE).shutdown.remote(), timeout=30)
         finally:
             executor.stop()
-            shutdown_ray(ray)
+            ray.shutdown()
             ctx.db.dispose()
 
 
