@@ -54,10 +54,11 @@ XDIST_GROUPS = {
 
 # --- the quick group ---------------------------------------------------------------------------------
 #: Tests that start processes: workers, ``reelgen serve``, the CLI, device-group ranks, S3 stand-ins,
-#: schemathesis. Each such process imports torch or the server (5-7 CPU seconds on this machine), which
-#: is most of the suite's cost; ``make test-quick`` leaves them out (``-m "not process ..."``) and still
-#: reaches every module through the other tests. ``"*"``: every test of the module. Found by recording
-#: each test's ``subprocess``/``multiprocessing`` starts during a whole run (docs/testing.md).
+#: schemathesis; besides these, every test using the ``live`` fixture (its worker is a subprocess).
+#: Each such process imports torch or the server (5-7 CPU seconds on this machine), which is most of
+#: the suite's cost; ``make test-quick`` leaves them out (``-m "not process ..."``) and still reaches
+#: every module through the other tests. ``"*"``: every test of the module. Found by recording each
+#: test's ``subprocess``/``multiprocessing`` starts during a whole run (docs/testing.md).
 PROCESS_TESTS: dict[str, set[str]] = {
     "tests.test_api_extensions": {"test_cancel_a_processing_task_stops_the_worker"},
     "tests.test_cli_user": {"test_generate_tasks_credits_models"},
@@ -70,16 +71,7 @@ PROCESS_TESTS: dict[str, set[str]] = {
     "tests.test_extend": {"test_extend_reads_the_original_from_an_s3_bucket"},
     "tests.test_fair_e2e": {"*"},
     "tests.test_hold_expiry": {"test_reelgen_serve_sweeps_expired_holds_on_its_own"},
-    "tests.test_mcp": {
-        "test_stdio_generate_uploads_local_image_and_waits",
-        "test_stdio_reports_a_server_it_cannot_reach",
-        "test_streamable_http_generate_progress_completed",
-    },
-    "tests.test_metrics": {"test_local_worker_health"},
-    "tests.test_openai_videos": {
-        "test_input_reference_as_file_url_and_file_id",
-        "test_sdk_create_poll_content_list_remix_delete",
-    },
+    "tests.test_mcp": {"test_stdio_reports_a_server_it_cannot_reach"},
     "tests.test_parallel": {
         "test_a_cancel_on_rank_0_stops_every_rank_at_the_same_step",
         "test_a_killed_rank_ends_the_group_attempt_without_a_hang",
@@ -93,14 +85,12 @@ PROCESS_TESTS: dict[str, set[str]] = {
         "test_a_killed_rank_ends_the_attempt_and_the_task_is_retried_and_charged_once",
         "test_the_local_executor_runs_a_task_on_a_group",
     },
-    "tests.test_playground": {"test_playground_generates_and_plays_a_3_second_video"},
     "tests.test_readme": {"*"},
     "tests.test_replicas": {"*"},
     "tests.test_s3_e2e": {"*"},
     "tests.test_soak": {"*"},
     "tests.test_storage_s3": {"*"},
     "tests.test_store_ledger": {"test_concurrent_reserves_from_processes_never_overdraw"},
-    "tests.test_three_doors": {"*"},
     "tests.test_ulysses": {
         "test_generate_local_ulysses_on_two_cpus_equals_one_cpu",
         "test_gloo_has_all_to_all_single_but_not_an_uneven_all_gather",
@@ -150,15 +140,19 @@ SLOW_TESTS: dict[str, set[str]] = {
 BROWSER_TESTS = {"tests.test_playground": {"test_playground_generates_and_plays_a_3_second_video"}}
 
 
+def _module(item: pytest.Item) -> str:
+    return item.module.__name__ if item.module else ""
+
+
 def _listed(table: dict[str, set[str]], item: pytest.Item) -> bool:
-    names = table.get(item.module.__name__ if item.module else "", set())
+    names = table.get(_module(item), set())
     return "*" in names or item.originalname in names  # type: ignore[attr-defined]
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        group = XDIST_GROUPS.get(item.module.__name__ if item.module else "")
+        group = XDIST_GROUPS.get(_module(item))
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
         # ``live``: the app with its local executor, whose worker is a subprocess (tests/api_fixtures.py)
